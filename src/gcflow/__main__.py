@@ -1,0 +1,3 @@
+from gcflow.cli import main
+
+raise SystemExit(main())
