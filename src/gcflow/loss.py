@@ -1,0 +1,30 @@
+"""The consistency loss on a batch of pairs (method spec §5)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from gcflow.distances import Distance
+from gcflow.dropout import SharedDropout
+from gcflow.pairs.types import PairBatch
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def consistency_loss(model: ModelFn, pairs: PairBatch, distance: Distance, dropout: SharedDropout | None = None) -> Tensor:
+    """Per-sample λ_i d(sg f_θ(x_i, σ_i), f_θ(x_next, σ_next)), shape (B,).
+
+    The target uses the *online* network under no_grad (iCT has no EMA teacher); both passes share
+    one dropout mask when `dropout` is given.
+    """
+    replay = dropout.replay if dropout is not None else nullcontext
+    with replay(), torch.no_grad():
+        target = model(pairs.x_i, pairs.sigma_i)
+    with replay():
+        pred = model(pairs.x_next, pairs.sigma_next)
+    return pairs.weight * distance(pred, target.detach())
+

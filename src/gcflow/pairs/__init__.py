@@ -1,0 +1,28 @@
+"""Training-pair construction: couplings (IC, minibatch OT), generator augmentation (GC), CT and CD pairs.
+
+A pair recipe composes three orthogonal steps:
+    coupling (which noise goes with which data point)
+ -> generator augmentation (replace a μ-fraction of data points by the model's own prediction)
+ -> pair kind (CT: both points on the straight path; CD: target point from one ODE step).
+"""
+
+from gcflow.pairs.types import PairBatch
+from gcflow.pairs.coupling import COUPLINGS, independent_coupling, minibatch_ot_coupling, get_coupling
+from gcflow.pairs.ct import ct_pairs
+from gcflow.pairs.cd import cd_pairs
+from gcflow.pairs.gc import generator_augment, select_gc
+from gcflow.pairs.recipe import PairRecipe, build_pairs
+
+__all__ = [
+    "PairBatch",
+    "COUPLINGS",
+    "independent_coupling",
+    "minibatch_ot_coupling",
+    "get_coupling",
+    "ct_pairs",
+    "cd_pairs",
+    "generator_augment",
+    "select_gc",
+    "PairRecipe",
+    "build_pairs",
+]
