@@ -53,11 +53,13 @@ def build_pairs(
     predictor: PointFn | None = None,
     velocity: PointFn | None = None,
     generator: torch.Generator | None = None,
+    gc_mask: Tensor | None = None,
 ) -> PairBatch:
     """Build a batch of pairs: coupling -> (GC augmentation) -> CT or CD pairs.
 
     x0, z: (B, *D); sigma_i, sigma_next, weight: (B,). `predictor` is needed when gc_mu > 0 and
-    `velocity` for CD; `generator` drives the GC selection.
+    `velocity` for CD. The GC selection is `gc_mask` (B,) bool when given (the trainer draws it for the
+    global batch so that every process agrees), else drawn with probability μ from `generator`.
     """
     z = get_coupling(recipe.coupling)(x0, z)
     if recipe.kind == "cd":
@@ -68,6 +70,6 @@ def build_pairs(
     if recipe.gc_mu > 0:
         if predictor is None:
             raise ValueError("GC pairs (gc_mu > 0) need a predictor")
-        mask = select_gc(x0.shape[0], recipe.gc_mu, generator, x0.device)
+        mask = gc_mask if gc_mask is not None else select_gc(x0.shape[0], recipe.gc_mu, generator, x0.device)
         x0 = generator_augment(x0, z, sigma_i, predictor, mask)
     return ct_pairs(x0, z, sigma_i, sigma_next, weight, is_gc=mask)

@@ -147,7 +147,7 @@ class GaussianMixture:
 
 def two_modes(std: float = 0.01) -> GaussianMixture:
     """The paper's toy: two tight modes at (0, ±0.5) with standard deviation 0.01."""
-    return GaussianMixture.create(torch.tensor([[0.0, 0.5], [0.0, -0.5]]), std)
+    return GaussianMixture.create(torch.tensor([[0.0, 0.5], [0.0, -0.5]], dtype=torch.float64), std)
 
 
 def ring(k: int = 8, radius: float = 1.0, std: float = 0.05) -> GaussianMixture:
@@ -165,7 +165,7 @@ def grid(side: int = 5, spacing: float = 0.5, std: float = 0.03) -> GaussianMixt
 
 def single_gaussian(dim: int = 2, mean: float = 0.0, std: float = 0.5) -> GaussianMixture:
     """One isotropic Gaussian: everything (denoiser, consistency map, discrepancy) is analytic."""
-    return GaussianMixture.create(torch.full((1, dim), mean), std)
+    return GaussianMixture.create(torch.full((1, dim), mean, dtype=torch.float64), std)
 
 
 TOY_PRESETS: dict[str, Callable[[], GaussianMixture]] = {

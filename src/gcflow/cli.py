@@ -1,0 +1,50 @@
+"""The `gcflow` command line: one module per sub-command under gcflow.commands, dispatched by name."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("gcflow.commands.train", "train a consistency model (no arguments: the 1-minute CPU default)"),
+    "presets": ("gcflow.commands.presets", "list the named presets, or show one with --show NAME"),
+    "sample": ("gcflow.commands.sample", "draw samples from a trained run and write them with a picture"),
+    "experiment": ("gcflow.commands.experiment", "run one of the paper's measured studies (see --list)"),
+    "fid-ref": ("gcflow.commands.fid_ref", "compute and cache a dataset's reference feature statistics"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gcflow", description="Consistency models with generator-augmented flows.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue  # a command whose module is not installed in this build
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gcflow` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("gcflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Sample-quality metrics: exact and sliced Wasserstein distances on toys; Fréchet distances on images."""

@@ -1,0 +1,1 @@
+"""The bundled trainer: configuration, presets, run folders, checkpoints and the training loop."""

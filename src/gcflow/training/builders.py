@@ -1,0 +1,86 @@
+"""Build the run's parts from its config through small registries that fail loudly on unknown names."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from gcflow.networks.mlp import ToyMLP
+from gcflow.precond import ConsistencyModel
+from gcflow.training.config import Config, ConfigError
+
+
+def _mlp(cfg: Config, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    dim = 1
+    for s in shape:
+        dim *= s
+    return ToyMLP(dim, cfg.network.width, cfg.network.depth, dropout=float(cfg.network.dropout[0]))
+
+
+def _songunet(cfg: Config, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from gcflow.networks.songunet import SongUNet
+
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ConfigError(f"network.kind=songunet needs square images (C, H, W), got data of shape {shape}")
+    n = cfg.network
+    nb: Any = n.num_blocks[0] if len(n.num_blocks) == 1 else tuple(n.num_blocks)
+    dr: Any = n.dropout[0] if len(n.dropout) == 1 else tuple(n.dropout)
+    try:
+        return SongUNet(
+            img_resolution=shape[1],
+            in_channels=shape[0],
+            out_channels=shape[0],
+            model_channels=n.channels,
+            channel_mult=tuple(n.channel_mult),
+            num_blocks=nb,
+            attn_resolutions=tuple(n.attn_resolutions),
+            dropout=dr,
+            embedding_type=n.embedding,
+            num_classes=num_classes if n.class_conditional else 0,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"network: {exc}") from None
+
+
+NETWORKS: dict[str, Callable[[Config, tuple[int, ...], int], nn.Module]] = {"mlp": _mlp, "songunet": _songunet}
+
+
+def build_model(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0) -> ConsistencyModel:
+    """The preconditioned consistency model f_θ for data of shape `data_shape` (without the batch axis)."""
+    net = NETWORKS[cfg.network.kind](cfg, tuple(data_shape), num_classes)
+    return ConsistencyModel(net, sigma_data=cfg.method.sigma_data, sigma_min=cfg.method.sigma_min)
+
+
+def _lion(params: Any, cfg: Config) -> torch.optim.Optimizer:
+    from lion_pytorch import Lion
+
+    o = cfg.optim
+    return Lion(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def _adam(params: Any, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=True)
+
+
+OPTIMIZERS: dict[str, Callable[[Any, Config], torch.optim.Optimizer]] = {"lion": _lion, "adam": _adam}
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The optimizer named by `optim.name` over the model's parameters."""
+    return OPTIMIZERS[cfg.optim.name](model.parameters(), cfg)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; an unavailable device is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
+    return dev

@@ -1,0 +1,274 @@
+"""One typed configuration tree, command-line overrides with type checks, and validation.
+
+Every field is addressable as `group.field=value` (e.g. `method.gc_mu=0.3`, `train.steps=2000`);
+unknown keys and badly typed values are rejected with a one-line `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message is one line naming the problem and the fix."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("two-modes", "toy distribution (two-modes, ring8, grid25, gaussian) or image dataset name")
+    root: str = _f("", "directory holding an image dataset's files (unused for toys and digits)")
+    resolution: int = _f(0, "image side after resize/centre-crop for folder datasets (0 = dataset default)")
+    flip: bool = _f(False, "random horizontal flips (image datasets)")
+
+
+@dataclass
+class NetworkConfig:
+    kind: str = _f("mlp", "network: mlp (toys) or songunet (images, EDM DDPM++ U-Net)")
+    width: int = _f(256, "mlp: hidden width")
+    depth: int = _f(3, "mlp: residual blocks")
+    channels: int = _f(128, "songunet: base channels")
+    channel_mult: tuple[int, ...] = _f((1, 2, 2), "songunet: channel multiplier per level")
+    num_blocks: tuple[int, ...] = _f((3,), "songunet: residual blocks per level (one number or one per level)")
+    attn_resolutions: tuple[int, ...] = _f((16,), "songunet: resolutions with self-attention")
+    dropout: tuple[float, ...] = _f((0.0,), "dropout (one number or, for songunet, one per level)")
+    embedding: str = _f("positional", "songunet: noise embedding, positional or fourier")
+    class_conditional: bool = _f(False, "condition on class labels (datasets with labels)")
+
+
+@dataclass
+class MethodConfig:
+    pairs: str = _f("ct", "pair kind: ct (consistency training) or cd (distillation with the exact toy velocity)")
+    coupling: str = _f("independent", "data-noise coupling: independent (iCT) or ot (minibatch optimal transport)")
+    gc_mu: float = _f(0.0, "mu: probability that a sample is a generator-augmented (GC) pair, in [0, 1]")
+    gc_predictor: str = _f("ema", "GC predictor: ema (default), online, or frozen (a trained run, see gc_checkpoint)")
+    gc_checkpoint: str = _f("", "run folder or checkpoint file of the frozen GC predictor")
+    cd_solver: str = _f("euler", "ODE step for CD pairs: euler or heun")
+    distance: str = _f("pseudo_huber", "distance: pseudo_huber, l2 (squared) or l1 (norm)")
+    sigma_min: float = _f(0.002, "smallest noise level")
+    sigma_max: float = _f(80.0, "largest noise level")
+    sigma_data: float = _f(0.5, "data standard deviation used by the preconditioning")
+    rho: float = _f(7.0, "Karras grid exponent")
+    p_mean: float = _f(-1.1, "lognormal level sampling: mean of log sigma")
+    p_std: float = _f(2.0, "lognormal level sampling: std of log sigma")
+    s0: int = _f(10, "curriculum: initial number of grid intervals")
+    s1: int = _f(1280, "curriculum: final number of grid intervals")
+
+
+@dataclass
+class OptimConfig:
+    name: str = _f("lion", "optimizer: lion (as the paper) or adam")
+    lr: float = _f(1e-4, "learning rate (constant)")
+    betas: tuple[float, ...] = _f((0.9, 0.99), "optimizer betas")
+    weight_decay: float = _f(0.0, "decoupled weight decay")
+    ema_decay: float = _f(0.9999, "EMA decay per step (used when ema_half_life is 0)")
+    ema_half_life: float = _f(0.0, "EMA half-life in training images (0 = use ema_decay)")
+    grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = no clipping, as the paper)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(4000, "training steps K (also sets the curriculum)")
+    batch_size: int = _f(512, "global batch size (split across processes)")
+    seed: int = _f(0, "random seed")
+    device: str = _f("auto", "device: auto, cpu, cuda or cuda:N")
+    eval_every: int = _f(1000, "evaluate every this many steps (0 = only at the end)")
+    eval_samples: int = _f(1000, "samples per evaluation")
+    checkpoint_every: int = _f(1000, "write a checkpoint every this many steps (0 = only at the end)")
+    keep_checkpoints: int = _f(3, "how many recent checkpoints to keep")
+    log_every: int = _f(50, "refresh the progress bar every this many steps")
+    sample_steps: int = _f(1, "sampler steps for evaluation and samples.png")
+    nonfinite: str = _f("stop", "on a non-finite loss or gradient: stop, or skip the step")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+GROUPS = tuple(f.name for f in dataclasses.fields(Config))
+CHOICES: dict[str, tuple[str, ...]] = {
+    "network.kind": ("mlp", "songunet"),
+    "network.embedding": ("positional", "fourier"),
+    "method.pairs": ("ct", "cd"),
+    "method.coupling": ("independent", "ot"),
+    "method.gc_predictor": ("ema", "online", "frozen"),
+    "method.cd_solver": ("euler", "heun"),
+    "method.distance": ("pseudo_huber", "l2", "l1"),
+    "optim.name": ("lion", "adam"),
+    "train.nonfinite": ("stop", "skip"),
+}
+
+
+def iter_fields(cfg: Config | None = None) -> typing.Iterator[tuple[str, dataclasses.Field, Any]]:
+    """Yield (dotted key, field, current value) for every leaf of the tree."""
+    cfg = cfg or Config()
+    for group in GROUPS:
+        sub = getattr(cfg, group)
+        hints = typing.get_type_hints(type(sub))
+        for f in dataclasses.fields(sub):
+            f.type = hints[f.name]  # resolve the annotation string once
+            yield f"{group}.{f.name}", f, getattr(sub, f.name)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return f"list of {typing.get_args(tp)[0].__name__}"
+    return tp.__name__
+
+
+def parse_value(key: str, tp: Any, text: str) -> Any:
+    """Parse `text` as the field type `tp`; raises ConfigError naming the key and the expected type."""
+    text = text.strip()
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if tp is str:
+            return text
+        if typing.get_origin(tp) is tuple:
+            elem = typing.get_args(tp)[0]
+            parts = [p for p in text.strip("[]()").split(",") if p.strip()]
+            if not parts:
+                raise ValueError
+            return tuple(parse_value(key, elem, p) for p in parts)
+    except (ValueError, ConfigError):
+        raise ConfigError(f"{key}={text!r} is not a valid {_type_name(tp)}; e.g. {key}={_example(tp)}") from None
+    raise ConfigError(f"{key} has an unsupported type {tp}")
+
+
+def _example(tp: Any) -> str:
+    return {bool: "true", int: "100", float: "0.5", str: "name"}.get(tp, "1,2,2")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return a copy of `cfg` with `group.field=value` overrides applied (type-checked)."""
+    cfg = from_dict(to_dict(cfg))
+    known = {key: f for key, f, _ in iter_fields(cfg)}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form group.field=value; e.g. train.steps=2000")
+        key, text = item.split("=", 1)
+        key = key.strip().removeprefix("--")
+        if key not in known:
+            raise ConfigError(f"unknown option {key!r}; run 'gcflow train --help' for the list of options")
+        group, name = key.split(".")
+        setattr(getattr(cfg, group), name, parse_value(key, known[key].type, text))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The config as plain JSON-able dicts (tuples become lists)."""
+    return {g: {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(getattr(cfg, g)).items()} for g in GROUPS}
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError("a configuration must be a JSON object of groups")
+    cfg = Config()
+    known = {key: f for key, f, _ in iter_fields(cfg)}
+    for group, values in data.items():
+        if group not in GROUPS or not isinstance(values, dict):
+            raise ConfigError(f"unknown configuration group {group!r}; groups are {', '.join(GROUPS)}")
+        for name, value in values.items():
+            key = f"{group}.{name}"
+            if key not in known:
+                raise ConfigError(f"unknown option {key!r}; run 'gcflow train --help' for the list of options")
+            setattr(getattr(cfg, group), name, _coerce(key, known[key].type, value))
+    return cfg
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(key, typing.get_args(tp)[0], v) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}={value!r} is not a valid {_type_name(tp)}")
+    return value
+
+
+def save_config(cfg: Config, path: Any) -> None:
+    """Write the resolved config as JSON."""
+    with open(path, "w") as fh:
+        json.dump(to_dict(cfg), fh, indent=2)
+        fh.write("\n")
+
+
+def load_config(path: Any) -> Config:
+    """Read a config.json written by `save_config`."""
+    with open(path) as fh:
+        return from_dict(json.load(fh))
+
+
+def validate(cfg: Config) -> None:
+    """Check ranges and choices; raises ConfigError with a one-line message and the fix."""
+    for key, choices in CHOICES.items():
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+    m, o, t = cfg.method, cfg.optim, cfg.train
+    if not (m.sigma_min > 0 and m.sigma_max > 0):
+        raise ConfigError(f"noise levels must be positive, got method.sigma_min={m.sigma_min}, method.sigma_max={m.sigma_max}")
+    if m.sigma_min >= m.sigma_max:
+        raise ConfigError(f"method.sigma_min={m.sigma_min} must be smaller than method.sigma_max={m.sigma_max}")
+    if m.sigma_data <= 0 or m.rho <= 0 or m.p_std <= 0:
+        raise ConfigError("method.sigma_data, method.rho and method.p_std must be positive")
+    if not 0.0 <= m.gc_mu <= 1.0:
+        raise ConfigError(f"method.gc_mu={m.gc_mu} is outside [0, 1]; it is the probability of a GC pair")
+    if m.pairs == "cd" and m.gc_mu > 0:
+        raise ConfigError("method.pairs=cd cannot be combined with method.gc_mu>0; GC builds CT pairs")
+    if m.gc_predictor == "frozen" and m.gc_mu > 0 and not m.gc_checkpoint:
+        raise ConfigError("method.gc_predictor=frozen needs method.gc_checkpoint=RUN_DIR_OR_FILE")
+    if not (1 <= m.s0 <= m.s1):
+        raise ConfigError(f"need 1 <= method.s0 <= method.s1, got {m.s0} and {m.s1}")
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr={o.lr} must be positive")
+    if not 0.0 <= o.ema_decay < 1.0:
+        raise ConfigError(f"optim.ema_decay={o.ema_decay} must be in [0, 1)")
+    if o.ema_half_life < 0 or o.grad_clip < 0 or o.weight_decay < 0:
+        raise ConfigError("optim.ema_half_life, optim.grad_clip and optim.weight_decay must be >= 0")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
+    if t.steps < 1 or t.batch_size < 1 or t.eval_samples < 2:
+        raise ConfigError("train.steps and train.batch_size must be >= 1 and train.eval_samples >= 2")
+    if min(t.eval_every, t.checkpoint_every, t.log_every) < 0 or t.keep_checkpoints < 1 or t.sample_steps < 1:
+        raise ConfigError("train.eval_every, checkpoint_every, log_every must be >= 0; keep_checkpoints, sample_steps >= 1")
+    if any(not 0.0 <= p < 1.0 for p in cfg.network.dropout):
+        raise ConfigError(f"network.dropout={list(cfg.network.dropout)} must be in [0, 1)")
+    if cfg.network.width < 1 or cfg.network.depth < 1 or cfg.network.channels < 1:
+        raise ConfigError("network.width, network.depth and network.channels must be >= 1")
+
+
+def describe_options() -> str:
+    """One line per option: key, type, default and help (for --help)."""
+    lines = []
+    for key, f, value in iter_fields():
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        lines.append(f"  {key:<26} {_type_name(f.type):<14} {str(shown):<14} {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+import math
+
+import pytest
+import torch
+
+from gcflow.distances import distance_exponent, get_distance, l1_norm, pseudo_huber, pseudo_huber_c, squared_l2
+
+
+def test_c_value_for_cifar():
+    assert pseudo_huber_c(3 * 32 * 32) == pytest.approx(0.0299, abs=1e-4)
+
+
+def test_pseudo_huber_limits_float64():
+    d = 3 * 32 * 32
+    c = pseudo_huber_c(d)
+    a = torch.zeros(2, 3, 32, 32, dtype=torch.float64)
+    small = torch.full_like(a, 1e-6)
+    large = torch.full_like(a, 10.0)
+    # Small differences: ≈ ‖δ‖²/(2c).
+    n2 = squared_l2(small, a)
+    assert torch.allclose(pseudo_huber(small, a), n2 / (2 * c), rtol=1e-6)
+    # Large differences: ≈ ‖δ‖ (minus c).
+    assert torch.allclose(pseudo_huber(large, a), l1_norm(large, a) - c, rtol=1e-6)
+    assert (pseudo_huber(large, a) / l1_norm(large, a)).min() > 0.999
+
+
+def test_per_sample_not_elementwise():
+    a = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    b = torch.zeros_like(a)
+    c = 0.1
+    assert pseudo_huber(a, b, c).item() == pytest.approx(math.sqrt(25 + 0.01) - 0.1, rel=1e-14)
+    assert squared_l2(a, b).item() == 25.0
+    assert l1_norm(a, b).item() == 5.0
+
+
+def test_registry_and_exponents():
+    assert get_distance("l2") is squared_l2
+    with pytest.raises(KeyError, match="unknown distance"):
+        get_distance("lpipz")
+    assert distance_exponent("l1", 2) == (1.0, 1.0)
+    C, alpha = distance_exponent("pseudo_huber", 3072)
+    assert alpha == 2.0 and C == pytest.approx(1 / (2 * pseudo_huber_c(3072)))
