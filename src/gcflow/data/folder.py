@@ -1,0 +1,211 @@
+"""Image-file datasets: any folder of images, and CelebA, LSUN Church and FFHQ at 64×64.
+
+`folder`: every .png/.jpg/.jpeg/.webp file under `<root>` (recursively; names starting with "."
+skipped), in sorted path order, converted to RGB, centre-cropped to the largest square and
+resized to `resolution` (Lanczos). Unlabelled. `resolution` is required.
+
+`celeba64`: the aligned-and-cropped CelebA images (img_align_celeba, 178×218 JPEGs):
+`<root>/img_align_celeba/*.jpg` or `<root>/*.jpg`, with `list_eval_partition.txt` in `<root>`
+(or beside img_align_celeba) for the official splits. Each image gets the common 140×140
+centre crop (box (19, 39, 159, 179)), then is resized to 64 (or `resolution`). Splits:
+"train" / "valid" / "test" (need list_eval_partition.txt: 162770 / 19867 / 19962 images) or
+"all" (every image in the folder).
+
+`lsun-church64`: LSUN church_outdoor exported to image files (e.g. webp/jpg, shorter side 256)
+anywhere under `<root>`; shorter side resized and centre-cropped to 64. Split "train".
+
+`ffhq64`: FFHQ PNGs (e.g. images1024x1024/00000/00000.png, ...) anywhere under `<root>`;
+resized to 64. Split "train".
+
+For celeba64, lsun-church64 and ffhq64 `<root>` may instead be a prepared `.npz` file (see
+`gcflow.data.npz`): an `images` uint8 (N, S, S, 3) array, already cropped; it is resized to the
+target resolution if S differs. `save_prepared_npz` writes one from a decoded dataset, so
+decoding JPEGs happens once.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from gcflow.data.common import ROOT_HINT, DatasetError, ImageDataset, check_resolution, check_split, require_root, tensor_from
+from gcflow.data.npz import load_prepared_npz
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+CELEBA_SIZE = (178, 218)  # (width, height) of img_align_celeba
+CELEBA_CROP = 140
+CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
+
+# Returns the crop box (left, top, right, bottom) for an image of size (width, height).
+CropRule = Callable[[Path, tuple[int, int]], tuple[int, int, int, int]]
+
+
+def list_images(root: Path) -> list[Path]:
+    """All image files under `root`, recursively, sorted by path; hidden files and folders skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(folder) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(found)
+
+
+def centre_square(path: Path, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The largest centred square: shorter side kept, longer side cropped equally on both ends."""
+    w, h = size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return left, top, left + s, top + s
+
+
+def celeba_crop(path: Path, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The common CelebA 140×140 centre crop of a 178×218 aligned image."""
+    if size != CELEBA_SIZE:
+        raise DatasetError(
+            f"celeba64 expects aligned CelebA images of {CELEBA_SIZE[0]}x{CELEBA_SIZE[1]}, got {size[0]}x{size[1]}: {path}; "
+            "use img_align_celeba, or dataset 'folder' for other images"
+        )
+    w, h = size
+    left, top = (w - CELEBA_CROP) // 2, (h - CELEBA_CROP) // 2
+    return left, top, left + CELEBA_CROP, top + CELEBA_CROP
+
+
+def decode_image(path: Path, resolution: int, crop: CropRule) -> np.ndarray:
+    """Open one file, convert to RGB, crop with `crop`, resize to resolution²; (H, W, 3) uint8."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(
+            f"cannot decode image {path} ({type(err).__name__}: {err}); "
+            "the file is corrupt or truncated, replace or remove it"
+        ) from None
+    box = crop(path, rgb.size)
+    resample = Image.Resampling.LANCZOS if box[2] - box[0] >= resolution else Image.Resampling.BICUBIC
+    # Crop, then resize: the filter must not reach pixels outside the crop (as `box=` would).
+    return np.asarray(rgb.crop(box).resize((resolution, resolution), resample))
+
+
+def decode_images(paths: list[Path], resolution: int, crop: CropRule = centre_square, workers: int | None = None) -> np.ndarray:
+    """Decode many files in parallel threads (Pillow releases the GIL) into (N, 3, R, R) uint8."""
+    out = np.empty((len(paths), resolution, resolution, 3), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = decode_image(paths[i], resolution, crop)
+
+    pool = ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(work, range(len(paths))):  # re-raises the first failure, in path order
+            pass
+    finally:
+        pool.shutdown(cancel_futures=True)  # on failure, do not decode the rest
+    return out.transpose(0, 3, 1, 2)
+
+
+def _image_dataset(name: str, paths: list[Path], resolution: int, crop: CropRule) -> ImageDataset:
+    return ImageDataset(images=tensor_from(decode_images(paths, resolution, crop)), labels=None, num_classes=0, name=name)
+
+
+def load_folder(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
+    """Every image under `root`, RGB, centre-cropped and resized to `resolution`."""
+    check_split("folder", split, ("train",))
+    check_resolution("folder", resolution)
+    if resolution is None:
+        raise DatasetError("dataset 'folder' needs a resolution; pass --data.resolution N")
+    root = require_root("folder", root, "a directory tree of .png/.jpg/.jpeg/.webp images")
+    if not root.is_dir():
+        raise DatasetError(f"folder dataset root is not a directory: {root}; {ROOT_HINT}")
+    paths = list_images(root)
+    if not paths:
+        raise DatasetError(
+            f"no images found under {root}; "
+            f"expected .png/.jpg/.jpeg/.webp files (searched recursively); {ROOT_HINT}"
+        )
+    return _image_dataset("folder", paths, resolution, centre_square)
+
+
+def _folder_or_npz(
+    name: str, root: Path | None, split: str, resolution: int | None, layout: str
+) -> tuple[Path, int, ImageDataset | None]:
+    """Shared front half of the 64×64 datasets: the root, the target size, or a loaded prepared npz."""
+    check_resolution(name, resolution)
+    target = resolution or 64
+    root = require_root(name, root, layout)
+    if root.is_file():
+        if root.suffix != ".npz":
+            raise DatasetError(f"{name} root must be a directory of images or a prepared .npz file, got {root}; {ROOT_HINT}")
+        check_split(name, split, ("train", "all"))
+        return root, target, load_prepared_npz(name, root, target)
+    return root, target, None
+
+
+def load_celeba64(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
+    """CelebA 64×64: 140×140 centre crop of the aligned images, resized (Lanczos)."""
+    layout = "<root>/img_align_celeba/*.jpg (+ <root>/list_eval_partition.txt), or a prepared .npz"
+    root, target, prepared = _folder_or_npz("celeba64", root, split, resolution, layout)
+    if prepared is not None:
+        return prepared
+    check_split("celeba64", split, (*CELEBA_SPLITS, "all"))
+    image_dir = root / "img_align_celeba" if (root / "img_align_celeba").is_dir() else root
+    if split == "all":
+        paths = list_images(image_dir)
+    else:
+        paths = [image_dir / f for f in _celeba_partition(root, image_dir, split)]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DatasetError(
+                f"celeba64 image missing: {missing[0]} ({len(missing)} of {len(paths)} listed in list_eval_partition.txt); "
+                f"expected {layout}"
+            )
+    if not paths:
+        raise DatasetError(f"no celeba64 images found under {image_dir}; expected {layout}; {ROOT_HINT}")
+    return _image_dataset("celeba64", paths, target, celeba_crop)
+
+
+def _celeba_partition(root: Path, image_dir: Path, split: str) -> list[str]:
+    """File names of one official split, from list_eval_partition.txt ("000001.jpg 0" per line)."""
+    candidates = [root / "list_eval_partition.txt", image_dir.parent / "list_eval_partition.txt"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise DatasetError(
+            f"celeba64 split {split!r} needs {candidates[0]} (from the CelebA Eval folder); "
+            "add it, or use split 'all' for every image in the folder"
+        )
+    want = CELEBA_SPLITS[split]
+    names = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise DatasetError(f"malformed line {number} in {path}: {line!r}; expected '<file> <0|1|2>', re-download it")
+        if int(fields[1]) == want:
+            names.append(fields[0])
+    return names
+
+
+def _load_square64(name: str, source: str, root: Path | None, split: str, resolution: int | None) -> ImageDataset:
+    layout = f"image files ({source}) anywhere under <root>, or a prepared .npz"
+    root, target, prepared = _folder_or_npz(name, root, split, resolution, layout)
+    if prepared is not None:
+        return prepared
+    check_split(name, split, ("train",))
+    paths = list_images(root)
+    if not paths:
+        raise DatasetError(f"no {name} images found under {root}; expected {layout}; {ROOT_HINT}")
+    return _image_dataset(name, paths, target, centre_square)
+
+
+def load_lsun_church64(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
+    """LSUN church_outdoor 64×64: shorter side resized, centre-cropped."""
+    return _load_square64("lsun-church64", "LSUN church_outdoor exported to .webp/.jpg", root, split, resolution)
+
+
+def load_ffhq64(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
+    """FFHQ 64×64: the 1024×1024 (or any square) PNGs resized."""
+    return _load_square64("ffhq64", "FFHQ .png", root, split, resolution)
