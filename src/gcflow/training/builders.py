@@ -38,6 +38,7 @@ def _songunet(cfg: Config, shape: tuple[int, ...], num_classes: int) -> nn.Modul
             attn_resolutions=tuple(n.attn_resolutions),
             dropout=dr,
             embedding_type=n.embedding,
+            noise_label_scale=n.noise_label_scale,
             num_classes=num_classes if n.class_conditional else 0,
         )
     except ValueError as exc:

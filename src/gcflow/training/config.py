@@ -39,9 +39,10 @@ class NetworkConfig:
     channels: int = _f(128, "songunet: base channels")
     channel_mult: tuple[int, ...] = _f((1, 2, 2), "songunet: channel multiplier per level")
     num_blocks: tuple[int, ...] = _f((3,), "songunet: residual blocks per level (one number or one per level)")
-    attn_resolutions: tuple[int, ...] = _f((16,), "songunet: resolutions with self-attention")
+    attn_resolutions: tuple[int, ...] = _f((16,), "songunet: resolutions with self-attention ('none' for no attention)")
     dropout: tuple[float, ...] = _f((0.0,), "dropout (one number or, for songunet, one per level)")
     embedding: str = _f("positional", "songunet: noise embedding, positional or fourier")
+    noise_label_scale: float = _f(1000.0, "songunet: c_noise multiplier before the embedding (1000 as iCT; 1 as the paper's code)")
     class_conditional: bool = _f(False, "condition on class labels (datasets with labels)")
 
 
@@ -149,6 +150,8 @@ def parse_value(key: str, tp: Any, text: str) -> Any:
             return text
         if typing.get_origin(tp) is tuple:
             elem = typing.get_args(tp)[0]
+            if text.lower() in ("none", "[]", "()", ""):
+                return ()
             parts = [p for p in text.strip("[]()").split(",") if p.strip()]
             if not parts:
                 raise ValueError

@@ -28,7 +28,7 @@ from gcflow.randomness import step_generator, stream_seed
 from gcflow.sigmas import ict_num_scales, sample_noise_levels
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.builders import build_model, build_optimizer, resolve_device
-from gcflow.training.config import Config, ConfigError, load_config, save_config, to_dict, validate
+from gcflow.training.config import Config, ConfigError, load_config, to_dict, validate
 from gcflow.training.data_source import build_toy_source, is_toy
 from gcflow.training.evaluate import ToyEvaluator
 from gcflow.training.run_dir import RunLock, prepare_run_dir
@@ -103,12 +103,16 @@ def _predictor(cfg: Config, model: nn.Module, ema: nn.Module, device: torch.devi
 def load_model_for_inference(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
     """The EMA model and config of a run folder (its newest good checkpoint) or of one checkpoint file."""
     path = Path(path)
+    if not path.exists():
+        raise ckpt.CheckpointError(f"{path} is not a gcflow run folder or checkpoint file (it does not exist)")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ckpt.CheckpointError(f"{path} is not a gcflow run folder (no config.json)")
         chk = ckpt.load_latest_checkpoint(path / "checkpoints")
         if chk is None:
             raise ckpt.CheckpointError(f"run folder {path} has no valid checkpoint")
+        if chk.meta.get("config") != to_dict(_read_run_config(path)):
+            raise ckpt.CheckpointError(f"checkpoint {chk.path} was written by another config than {path / 'config.json'}; refusing to load it")
     else:
         chk = ckpt.load_checkpoint(path)
     cfg = _config_from_meta(chk)
@@ -116,7 +120,17 @@ def load_model_for_inference(path: Path, device: torch.device | str = "cpu") -> 
     model = build_model(cfg, shape, int(chk.meta.get("num_classes", 0)))
     ema = make_ema(model)
     _load_states(chk, model, ema, None)
+    ema.data_shape = shape  # type: ignore[assignment]  (read by `gcflow sample`)
+    ema.num_classes = int(chk.meta.get("num_classes", 0))  # type: ignore[assignment]
     return ema.to(device).eval(), cfg
+
+
+def _read_run_config(run_dir: Path) -> Config:
+    """A run folder's config.json; unreadable or invalid JSON is a one-line ConfigError."""
+    try:
+        return load_config(run_dir / "config.json")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {run_dir / 'config.json'}: {type(exc).__name__}; the run folder is damaged") from None
 
 
 def _config_from_meta(chk: ckpt.Checkpoint) -> Config:
@@ -131,11 +145,15 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     With `resume`, the config is read from the run folder and training continues from its newest
     good checkpoint, ending bit-identical (on CPU) to an uninterrupted run.
     """
-    # Prepare the run folder (refuses to clobber an existing run) and lock it.
+    # Prepare the run folder (refuses to clobber an existing run) and lock it. Bad options fail
+    # first, so that they never cost an existing run its files (e.g. with --overwrite).
+    if not resume:
+        validate(cfg)
+        resolve_device(cfg.train.device)
     run_dir = prepare_run_dir(Path(run_dir), resume=resume, overwrite=overwrite)
     with RunLock(run_dir):
         if resume:
-            saved = load_config(run_dir / "config.json")
+            saved = _read_run_config(run_dir)
             if to_dict(saved) != to_dict(cfg):
                 log("gcflow: resuming with the run's own config.json (command-line options are ignored on resume)")
             cfg = saved
@@ -143,12 +161,27 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
         return _train_locked(cfg, run_dir, resume=resume, progress=progress, log=log)
 
 
+def split_global_batch(batch_size: int, world_size: int) -> int:
+    """The per-process batch of a global batch split over `world_size` processes.
+
+    Raises ConfigError (one line, with the fix) unless `batch_size` is a positive multiple of `world_size`.
+    """
+    if world_size < 1:
+        raise ConfigError(f"the number of processes must be >= 1, got {world_size}")
+    if batch_size < 1 or batch_size % world_size:
+        lo = max(world_size, batch_size - batch_size % world_size)
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the {world_size} processes; "
+            f"use a multiple of {world_size} such as train.batch_size={lo}"
+        )
+    return batch_size // world_size
+
+
 def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Any) -> RunResult:
     t, m = cfg.train, cfg.method
     device = resolve_device(t.device)
     rank, world_size = 0, 1
-    if t.batch_size % world_size:
-        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {world_size} processes")
+    split_global_batch(t.batch_size, world_size)
 
     # Load the data.
     if not is_toy(cfg.data.name):
@@ -178,24 +211,28 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
 
     # Resume from the newest good checkpoint, or start the run's files.
     ckpt_dir = run_dir / "checkpoints"
-    start = 0
+    start, loss_window = 0, None
     if resume:
         chk = ckpt.load_latest_checkpoint(ckpt_dir, warn=log)
+        if chk is None and ckpt.list_checkpoints(ckpt_dir):
+            raise ckpt.CheckpointError(f"no checkpoint in {ckpt_dir} verifies (all are corrupt or not gcflow checkpoints); nothing was changed")
         if chk is not None:
             if chk.meta.get("config") != to_dict(cfg):
                 raise ckpt.CheckpointError(f"checkpoint {chk.path} was written by another config; it cannot resume this run")
             _load_states(chk, model, ema, opt)
             source.load_state_dict(chk.meta.get("data", {}))
             start = int(chk.meta["step"])
-            _truncate_metrics(run_dir / "metrics.jsonl", start)
+            loss_window = chk.meta.get("loss_window")
             log(f"gcflow: resuming {run_dir} from step {start}")
+        _truncate_metrics(run_dir / "metrics.jsonl", start)  # (killed before its first checkpoint: start over)
     else:
-        save_config(cfg, run_dir / "config.json")
+        ckpt.atomic_write_bytes(run_dir / "config.json", (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
         (run_dir / "metrics.jsonl").write_text("")
 
     def save(step: int) -> None:
         tensors, opt_meta = _state_tensors(model, ema, opt)
-        meta = {"config": to_dict(cfg), "optimizer": opt_meta, "data": source.state_dict(), "data_shape": list(source.shape), "num_classes": source.num_classes}
+        meta = {"config": to_dict(cfg), "optimizer": opt_meta, "data": source.state_dict(), "data_shape": list(source.shape), "num_classes": source.num_classes,
+                "loss_window": [float(loss_sum.item()), loss_count]}  # the running mean since the last evaluation
         ckpt.save_checkpoint(ckpt_dir, step, tensors, meta, keep=t.keep_checkpoints)
 
     # Evaluation set-up (toys: exact W2 against a fixed reference sample and its noise floor).
@@ -219,6 +256,9 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
     bar = tqdm(total=t.steps, initial=start, disable=not progress, dynamic_ncols=True, desc="train", mininterval=1.0)
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
+    if loss_window:  # resumed mid-window: continue the same running mean, so metrics match exactly
+        loss_sum.fill_(loss_window[0])
+        loss_count = int(loss_window[1])
     t_start, images_done = time.perf_counter(), 0
     last: dict[str, Any] = {}
     try:
@@ -253,15 +293,16 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
                 what = "loss" if not torch.isfinite(loss) else "gradient"
                 msg = (f"non-finite {what} at step {step + 1} (loss={loss.item():.4g}, grad norm={grad_norm.item():.4g}); "
                        "likely cause: learning rate too high or non-finite data; lower optim.lr or check the data")
-                if t.nonfinite == "skip":
-                    log(f"gcflow: warning: {msg}; skipping the step")
-                    opt.zero_grad(set_to_none=True)
-                    continue
-                raise TrainingError(msg)
-            opt.step()
-            ema_update(ema, model, decay)
-            loss_sum += loss.detach()
-            loss_count += 1
+                if t.nonfinite != "skip":
+                    raise TrainingError(msg)
+                # Skip the update only: evaluation, checkpoints and signals below still happen on time.
+                log(f"gcflow: warning: {msg}; skipping the step")
+                opt.zero_grad(set_to_none=True)
+            else:
+                opt.step()
+                ema_update(ema, model, decay)
+                loss_sum += loss.detach()
+                loss_count += 1
             images_done += t.batch_size
             done = step + 1
 
@@ -295,10 +336,8 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
     # Summarise.
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     summary = dict(records[-1]) if records else dict(last)
-    summary.update({"run_dir": str(run_dir), "preset_config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)})
-    with open(run_dir / "summary.json", "w") as fh:
-        json.dump(summary, fh, indent=2)
-        fh.write("\n")
+    summary.update({"run_dir": str(run_dir), "config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)})
+    ckpt.atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return RunResult(run_dir, summary)
 
 
@@ -306,7 +345,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric records written after the checkpoint we resume from (they will be recomputed)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line torn by a crash
     path.write_text("".join(line + "\n" for line in keep))
 
 
