@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("gcflow.commands.sample", "draw samples from a trained run and write them with a picture"),
     "experiment": ("gcflow.commands.experiment", "run one of the paper's measured studies (see --list)"),
     "fid-ref": ("gcflow.commands.fid_ref", "compute and cache a dataset's reference feature statistics"),
+    "evaluate": ("gcflow.commands.evaluate", "FID/KID/IS of a run with the paper's protocol (50k samples x 5 draws)"),
 }
 
 
