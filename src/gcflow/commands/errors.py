@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import errno
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from gcflow.training.checkpoint import CheckpointError
 from gcflow.training.config import ConfigError
@@ -17,7 +19,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     errs.append(TrainingError)
     try:
-        from gcflow.data.images import DatasetError
+        from gcflow.data.common import DatasetError
 
         errs.append(DatasetError)
     except ImportError:
@@ -32,15 +34,37 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def report(exc: BaseException) -> int:
-    """Print `gcflow: error: <message>` on stderr and return exit status 2 (1 for a failed run)."""
+    """Print `gcflow: error: <message>` on stderr and return exit status 2."""
     msg = " ".join(str(exc).split())
     print(f"gcflow: error: {msg}", file=sys.stderr)
     return 2
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system failure: what failed, on which path, and the usual fix."""
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device writing{where}; free some space (runs can continue with --resume)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied on{where} ({exc.strerror}); choose a writable folder"
+    return f"{exc.strerror or type(exc).__name__}:{where}" if where else (exc.strerror or str(exc))
+
+
 def run_guarded(fn: Callable[[], int]) -> int:
-    """Call fn, converting user errors to a one-line message and exit status 2."""
+    """Call fn, converting user errors and file-system failures to a one-line message and exit status 2."""
     try:
         return fn()
     except user_errors() as exc:
         return report(exc)
+    except OSError as exc:
+        return report(RuntimeError(describe_os_error(exc)))
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Make `parser` report bad command-line syntax (e.g. `--steps ten`) as one line with exit status 2."""
+
+    def error(message: str) -> NoReturn:
+        print(f"gcflow: error: {message}; see '{parser.prog} --help'", file=sys.stderr)
+        raise SystemExit(2)
+
+    parser.error = error  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from gcflow.commands.errors import run_guarded
+from gcflow.commands.errors import one_line_usage_errors, run_guarded
 from gcflow.training.config import apply_overrides, describe_options, validate
 from gcflow.training.presets import DEFAULT_PRESET, load_preset
 
@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = "options (group.field  type  default  meaning):\n" + describe_options()
+    one_line_usage_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,19 +1,32 @@
 """Checkpoints that never execute code: tensors in safetensors, everything else in JSON metadata.
 
-A checkpoint file `ckpt-<step>.safetensors` holds the model, EMA and optimizer tensors and the RNG
-states; its safetensors header metadata holds one JSON document (`gcflow`) with the step, the
-resolved config, the optimizer's hyper-parameters, the data-loader state and a SHA-256 checksum of
-all tensor bytes. Writes are atomic (temporary file, flush, fsync, rename), so a crash leaves
-either the old file set or the new one; loads verify the checksum and fall back to the previous
-good checkpoint when the newest is truncated or corrupt.
+A checkpoint file `ckpt-<step>.safetensors` holds the model, EMA and optimizer tensors; its
+safetensors header metadata holds one JSON document (`gcflow`) with the step, the resolved config,
+the optimizer's hyper-parameters, the data-loader state, a SHA-256 checksum of all tensor bytes and
+one of the metadata itself. (Random draws need no saved state: they are pure functions of
+(seed, step, stream), see gcflow.randomness.) Writes are atomic (temporary file, flush, fsync,
+rename), so a crash leaves either the old file set or the new one; loads verify the checksum and fall back to the previous
+good checkpoint when the newest is truncated or corrupt. A write killed before its rename leaves
+only a hidden temporary file (`.ckpt-<step>.safetensors.tmp-<pid>`), which loading ignores and the
+next write removes.
+
+Nothing here unpickles: a pickle or `torch.save` file, whatever its name, is refused with a
+one-line CheckpointError before any of it is interpreted.
+
+Test hook: when the environment variable `GCFLOW_TEST_SLOW_CHECKPOINT` holds a number of seconds,
+every atomic write sleeps that long between writing (and fsyncing) its temporary file and renaming
+it into place, so that tests/test_crash_safety.py can land SIGKILLs inside checkpoint writes.
+Unset (always, outside that test) it does nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +38,11 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.safetensors$")
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 FORMAT_VERSION = 1
+SLOW_WRITE_ENV = "GCFLOW_TEST_SLOW_CHECKPOINT"
+# First bytes of files gcflow refuses to interpret: a pickle (protocol >= 2) and a zip (torch.save).
+_PICKLE_MAGIC, _ZIP_MAGIC = b"\x80", b"PK\x03\x04"
 
 
 class CheckpointError(RuntimeError):
@@ -51,6 +68,12 @@ def tensor_checksum(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def meta_checksum(doc: dict[str, Any]) -> str:
+    """SHA-256 of the JSON metadata (sorted keys), leaving out the `meta_checksum` field itself."""
+    body = {k: v for k, v in doc.items() if k != "meta_checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder."""
     path = Path(path)
@@ -60,6 +83,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _test_pause()
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -71,18 +95,65 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], meta: dict[str, Any], keep: int = 3) -> Path:
-    """Write `ckpt-<step>.safetensors` atomically, then delete all but the newest `keep` checkpoints."""
+def _test_pause() -> None:
+    """The crash-safety test hook (see the module docstring); a no-op unless GCFLOW_TEST_SLOW_CHECKPOINT is set."""
+    delay = os.environ.get(SLOW_WRITE_ENV)
+    if delay:
+        time.sleep(float(delay))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete temporary files left by atomic writes whose process has died (a killed write); returns them."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = TEMP_RE.match(p.name)
+        if m and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], meta: dict[str, Any], keep: int = 3) -> Path:
+    """Write `ckpt-<step>.safetensors` atomically, then delete all but the newest `keep` checkpoints.
+
+    Non-finite tensors are refused (a diverged model never replaces a good checkpoint), and a failed
+    write (disk full, no permission) raises a one-line CheckpointError leaving the older files intact.
+    """
+    directory = Path(directory)
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"refusing to write a checkpoint with non-finite values in {name!r} at step {step}")
+            raise CheckpointError(
+                f"refusing to write a checkpoint with non-finite values in {name!r} at step {step}; "
+                "the previous checkpoints are kept"
+            )
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     doc = dict(meta, step=int(step), format=FORMAT_VERSION, checksum=tensor_checksum(cpu))
+    doc["meta_checksum"] = meta_checksum(doc)
     data = st_save(cpu, metadata={"gcflow": json.dumps(doc)})
     path = directory / f"ckpt-{step:08d}.safetensors"
-    atomic_write_bytes(path, data)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(directory)
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {why}; the previous checkpoints are intact, "
+            "fix the problem and continue with --resume"
+        ) from None
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -102,20 +173,27 @@ def load_checkpoint(path: Path) -> Checkpoint:
     Only the safetensors parser and `json.loads` touch the file, so loading cannot execute code.
     """
     path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path} is not a .safetensors checkpoint; gcflow never loads pickled (.pt/.pkl) checkpoints")
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path} is not a .safetensors checkpoint; gcflow never loads pickled checkpoints")
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
-        meta = json.loads(header["__metadata__"]["gcflow"])
-    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (SafetensorError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        if raw[:1] == _PICKLE_MAGIC or raw[:4] == _ZIP_MAGIC:
+            raise CheckpointError(f"{path} is a pickle or torch.save file, not a safetensors checkpoint; gcflow never unpickles checkpoints") from None
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__})") from None
-    if meta.get("checksum") != tensor_checksum(tensors):
+    try:
+        meta = json.loads(header["__metadata__"]["gcflow"])
+        if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path} is not a gcflow checkpoint (its metadata has no gcflow step and config)") from None
+    if meta.get("checksum") != tensor_checksum(tensors) or meta.get("meta_checksum", meta_checksum(meta)) != meta_checksum(meta):
         raise CheckpointError(f"checkpoint {path} failed its checksum: the file is corrupt")
     return Checkpoint(path, tensors, meta)
 

@@ -111,7 +111,7 @@ def load_model_for_inference(path: Path, device: torch.device | str = "cpu") -> 
         chk = ckpt.load_latest_checkpoint(path / "checkpoints")
         if chk is None:
             raise ckpt.CheckpointError(f"run folder {path} has no valid checkpoint")
-        if chk.meta.get("config") != to_dict(_read_run_config(path)):
+        if to_dict(_config_from_meta(chk)) != to_dict(_read_run_config(path)):  # (both with today's defaults filled in)
             raise ckpt.CheckpointError(f"checkpoint {chk.path} was written by another config than {path / 'config.json'}; refusing to load it")
     else:
         chk = ckpt.load_checkpoint(path)
@@ -217,7 +217,7 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
         if chk is None and ckpt.list_checkpoints(ckpt_dir):
             raise ckpt.CheckpointError(f"no checkpoint in {ckpt_dir} verifies (all are corrupt or not gcflow checkpoints); nothing was changed")
         if chk is not None:
-            if chk.meta.get("config") != to_dict(cfg):
+            if to_dict(_config_from_meta(chk)) != to_dict(cfg):
                 raise ckpt.CheckpointError(f"checkpoint {chk.path} was written by another config; it cannot resume this run")
             _load_states(chk, model, ema, opt)
             source.load_state_dict(chk.meta.get("data", {}))
