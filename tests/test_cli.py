@@ -68,6 +68,22 @@ def test_train_then_sample(capsys, tmp_path):
     assert a.shape == (50, 2)
 
 
+def test_flags_and_overrides_can_be_intermixed(capsys, tmp_path):
+    run = tmp_path / "mixed"
+    assert main(["train", "--mu", "0.3", *TINY[:3], "--no-progress", *TINY[3:], "--out", str(run)]) == 0
+    import json
+
+    assert json.loads((run / "config.json").read_text())["method"]["gc_mu"] == 0.3
+
+
+def test_unknown_command_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["trian"])
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("gcflow: error:")
+
+
 def test_sample_missing_run_is_clear(capsys, tmp_path):
     line = _one_line_error(capsys, main(["sample", str(tmp_path / "missing")]))
     assert "not a gcflow run folder" in line

@@ -36,6 +36,8 @@ def test_bad_overrides_are_rejected(override, match):
         ("method.coupling=sinkhorn", "not one of"),
         ("optim.lr=0", "positive"),
         ("network.dropout=1.0", "dropout"),
+        ("method.sigma_max=inf", "not a finite number"),
+        ("optim.lr=nan", "not a finite number"),
     ],
 )
 def test_validation(override, match):

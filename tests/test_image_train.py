@@ -44,7 +44,9 @@ def test_tiny_digits_run(tmp_path, cache, preset):
     assert model.data_shape == (1, 8, 8)
 
 
-def test_class_conditional_digits(tmp_path, cache):
-    cfg = apply_overrides(load_preset("digits-ic"), TINY + ["network.class_conditional=true", "train.steps=6"])
+@pytest.mark.parametrize("preset", ["digits-ic", "digits-gc"])
+def test_class_conditional_digits(tmp_path, cache, preset):
+    # GC with a class-conditional network: the predictor gets the labels of the selected rows.
+    cfg = apply_overrides(load_preset(preset), TINY + ["network.class_conditional=true", "train.steps=6"])
     res = train(cfg, tmp_path / "cond", progress=False, log=lambda *_: None)
     assert res.summary["step"] == 6

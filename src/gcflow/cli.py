@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gcflow.commands.errors import one_line_usage_errors
+
     parser = argparse.ArgumentParser(prog="gcflow", description="Consistency models with generator-augmented flows.")
+    one_line_usage_errors(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         try:
@@ -36,7 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gcflow` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `group.field=value` overrides may come after options (argparse stops collecting positionals
+    # at the first option), so gather the stray ones into the command's override list.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if "=" in a and not a.startswith("-")]
+    if stray and hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + stray
+        extra = [a for a in extra if a not in stray]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 # How the command line names the data directory; every "missing file" message ends with it.
-ROOT_HINT = "pass --data.root DIR"
+ROOT_HINT = "pass data.root=DIR"
 
 
 class DatasetError(Exception):

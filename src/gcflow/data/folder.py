@@ -116,7 +116,7 @@ def load_folder(root: Path | None, split: str, resolution: int | None) -> ImageD
     check_split("folder", split, ("train",))
     check_resolution("folder", resolution)
     if resolution is None:
-        raise DatasetError("dataset 'folder' needs a resolution; pass --data.resolution N")
+        raise DatasetError("dataset 'folder' needs a resolution; pass data.resolution=N")
     root = require_root("folder", root, "a directory tree of .png/.jpg/.jpeg/.webp images")
     if not root.is_dir():
         raise DatasetError(f"folder dataset root is not a directory: {root}; {ROOT_HINT}")

@@ -147,7 +147,7 @@ def load_npz(root: Path | None, split: str, resolution: int | None) -> ImageData
     check_split("npz", split, ("train",))
     root = require_root("npz", root, "a .npz file with 'images' (N, S, S, C) uint8 and optional 'labels' (N,)")
     if not root.is_file():
-        raise DatasetError(f"npz dataset root must be a .npz file, got directory {root}; pass --data.root FILE.npz")
+        raise DatasetError(f"npz dataset root must be a .npz file, got directory {root}; pass data.root=FILE.npz")
     return load_prepared_npz("npz", root, resolution, channels=(1, 3))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,9 @@ class TrainConfig:
     log_every: int = _f(50, "refresh the progress bar every this many steps")
     sample_steps: int = _f(1, "sampler steps for evaluation and samples.png")
     nonfinite: str = _f("stop", "on a non-finite loss or gradient: stop, or skip the step")
+    precision: str = _f("auto", "network passes in fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU")
+    channels_last: bool = _f(True, "image networks use the channels-last memory layout (faster convolutions)")
+    compile: bool = _f(False, "compile the training passes with torch.compile (slow first steps, faster after)")
 
 
 @dataclass
@@ -111,6 +115,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.distance": ("pseudo_huber", "l2", "l1"),
     "optim.name": ("lion", "adam"),
     "train.nonfinite": ("stop", "skip"),
+    "train.precision": ("auto", "fp32", "bf16"),
 }
 
 
@@ -236,6 +241,10 @@ def validate(cfg: Config) -> None:
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
     m, o, t = cfg.method, cfg.optim, cfg.train
+    for key, _f, value in iter_fields(cfg):
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{key}={value} is not a finite number")
     if not (m.sigma_min > 0 and m.sigma_max > 0):
         raise ConfigError(f"noise levels must be positive, got method.sigma_min={m.sigma_min}, method.sigma_max={m.sigma_max}")
     if m.sigma_min >= m.sigma_max:

@@ -21,7 +21,7 @@ from gcflow.data.images import ImageDataset
 from gcflow.metrics.pixels import pixel_sliced_w2
 from gcflow.plotting import save_curves, save_image_grid
 from gcflow.randomness import step_generator
-from gcflow.training.config import Config
+from gcflow.training.config import Config, ConfigError
 from gcflow.training.evaluate import generate
 
 
@@ -33,11 +33,25 @@ def _load(cfg: Config, split: str) -> ImageDataset:
     return load_image_dataset(cfg.data.name, cfg.data.root or None, split=split, resolution=cfg.data.resolution or None)
 
 
+def check_image_data(cfg: Config) -> None:
+    """Raise DatasetError/ConfigError now if the training split cannot be loaded or batched."""
+    _check_batch(_load(cfg, _split_names(cfg.data.name)[0]), cfg)
+
+
+def _check_batch(data: ImageDataset, cfg: Config) -> None:
+    if len(data) < cfg.train.batch_size:
+        raise ConfigError(
+            f"dataset {cfg.data.name!r} has {len(data)} training images, fewer than one batch "
+            f"(train.batch_size={cfg.train.batch_size}); lower train.batch_size"
+        )
+
+
 class ImageSource:
     """The training split held on the device; each process gets its slice of global batch `step`."""
 
     def __init__(self, cfg: Config, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         self.dataset = _load(cfg, _split_names(cfg.data.name)[0])
+        _check_batch(self.dataset, cfg)
         self.loader = DeviceBatches(self.dataset, cfg.train.batch_size, device=device, seed=cfg.train.seed,
                                     flip=cfg.data.flip, world_size=world_size, rank=rank)
         self.shape = tuple(self.dataset.images.shape[1:])

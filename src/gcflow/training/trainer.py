@@ -6,6 +6,7 @@ wires it to data, an optimizer, logging and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -18,20 +19,18 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from gcflow.distances import get_distance
-from gcflow.dropout import SharedDropout
-from gcflow.ema import ema_decay_from_half_life, ema_update, make_ema
+from gcflow.ema import ema_decay_from_half_life, make_ema
 from gcflow.loss import consistency_loss
-from gcflow.pairs import PairRecipe, build_pairs
 from gcflow.plotting import save_curves, save_scatter
-from gcflow.randomness import step_generator, stream_seed
-from gcflow.sigmas import ict_num_scales, sample_noise_levels
+from gcflow.randomness import stream_seed
 from gcflow.training import checkpoint as ckpt
-from gcflow.training.builders import build_model, build_optimizer, resolve_device
-from gcflow.training.config import Config, ConfigError, load_config, to_dict, validate
+from gcflow.training import distributed
+from gcflow.training.builders import build_model, build_optimizer, set_memory_format
+from gcflow.training.config import Config, ConfigError, from_dict, load_config, to_dict, validate
 from gcflow.training.data_source import build_toy_source, is_toy
 from gcflow.training.evaluate import ToyEvaluator
 from gcflow.training.run_dir import RunLock, prepare_run_dir
+from gcflow.training.step import TrainStep
 
 
 class TrainingError(RuntimeError):
@@ -44,8 +43,12 @@ class Interrupted(Exception):
 
 @dataclass
 class RunResult:
+    """The run folder, its summary, and (for scripts and tests) the trained model and its EMA on this process."""
+
     run_dir: Path
     summary: dict[str, Any]
+    model: nn.Module | None = None
+    ema: nn.Module | None = None
 
 
 def _eval_mode(module: nn.Module):
@@ -91,11 +94,14 @@ def _predictor(cfg: Config, model: nn.Module, ema: nn.Module, device: torch.devi
         net = model
     else:
         net, _ = load_model_for_inference(Path(cfg.method.gc_checkpoint), device)
+        net = set_memory_format(net, cfg)
+    # Compiled with a dynamic batch axis: the GC subset's size changes from step to step.
+    run = torch.compile(net, dynamic=True) if cfg.train.compile else net
 
     @torch.no_grad()
-    def predict(x: Tensor, s: Tensor) -> Tensor:
+    def predict(x: Tensor, s: Tensor, class_labels: Tensor | None = None) -> Tensor:
         with _eval_mode(net):
-            return net(x, s)
+            return run(x, s, class_labels) if class_labels is not None else run(x, s)
 
     return predict
 
@@ -145,20 +151,41 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     With `resume`, the config is read from the run folder and training continues from its newest
     good checkpoint, ending bit-identical (on CPU) to an uninterrupted run.
     """
+    # Started by torchrun? Then this is one of several data-parallel processes (docs/scaling.md);
+    # only rank 0 talks to the user and owns the run folder.
+    world = distributed.world_from_env()
+    if not world.is_main:
+        progress, log = False, _quiet
     # Prepare the run folder (refuses to clobber an existing run) and lock it. Bad options fail
     # first, so that they never cost an existing run its files (e.g. with --overwrite).
     if not resume:
         validate(cfg)
-        resolve_device(cfg.train.device)
-    run_dir = prepare_run_dir(Path(run_dir), resume=resume, overwrite=overwrite)
-    with RunLock(run_dir):
-        if resume:
-            saved = _read_run_config(run_dir)
-            if to_dict(saved) != to_dict(cfg):
-                log("gcflow: resuming with the run's own config.json (command-line options are ignored on resume)")
-            cfg = saved
-        validate(cfg)
-        return _train_locked(cfg, run_dir, resume=resume, progress=progress, log=log)
+        distributed.device_for(world, cfg.train.device)
+        split_global_batch(cfg.train.batch_size, world.size)
+        if overwrite and not is_toy(cfg.data.name) and world.is_main:
+            _check_image_data(cfg)  # a broken dataset must not cost the run being replaced
+    with distributed.process_group(world), contextlib.ExitStack() as hold:
+
+        def open_run() -> dict[str, Any]:
+            folder = prepare_run_dir(Path(run_dir), resume=resume, overwrite=overwrite)
+            hold.enter_context(RunLock(folder))
+            resolved = cfg
+            if resume:
+                saved = _read_run_config(folder)
+                if to_dict(saved) != to_dict(cfg):
+                    log("gcflow: resuming with the run's own config.json (command-line options are ignored on resume)")
+                resolved = saved
+            validate(resolved)
+            return to_dict(resolved)
+
+        # Every process trains the config rank 0 settled on (on resume, the run folder's own).
+        cfg = from_dict(world.on_main(open_run))
+        split_global_batch(cfg.train.batch_size, world.size)
+        return _train_locked(cfg, Path(run_dir), world, resume=resume, progress=progress, log=log)
+
+
+def _quiet(*_: Any) -> None:
+    """The log of processes other than rank 0."""
 
 
 def split_global_batch(batch_size: int, world_size: int) -> int:
@@ -177,10 +204,17 @@ def split_global_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
-def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, log: Any) -> RunResult:
+def _check_image_data(cfg: Config) -> None:
+    """Load the configured image dataset once, so its errors surface before any file is touched."""
+    from gcflow.training.image_run import check_image_data
+
+    check_image_data(cfg)
+
+
+def _train_locked(cfg: Config, run_dir: Path, world: distributed.World, *, resume: bool, progress: bool, log: Any) -> RunResult:
     t, m = cfg.train, cfg.method
-    device = resolve_device(t.device)
-    rank, world_size = 0, 1
+    device = distributed.device_for(world, t.device)
+    rank, world_size = world.rank, world.size
     split_global_batch(t.batch_size, world_size)
 
     # Load the data.
@@ -193,14 +227,13 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
     if m.pairs == "cd" and not is_toy(cfg.data.name):
         raise ConfigError("method.pairs=cd needs the exact velocity of a toy distribution; pick a toy data.name")
 
-    # Build the model, its EMA and the optimizer (weights depend only on the seed).
+    # Build the model, its EMA and the optimizer (weights depend only on the seed, so every process
+    # starts from the same ones). The EMA and the optimizer state inherit the model's memory layout.
     torch.manual_seed(stream_seed(t.seed, 0, "init"))
-    model = build_model(cfg, source.shape, source.num_classes).to(device)
+    model = set_memory_format(build_model(cfg, source.shape, source.num_classes).to(device), cfg)
     ema = make_ema(model)
     opt = build_optimizer(model, cfg)
     decay = ema_decay_from_half_life(cfg.optim.ema_half_life, t.batch_size) if cfg.optim.ema_half_life > 0 else cfg.optim.ema_decay
-    recipe = PairRecipe(kind=m.pairs, coupling=m.coupling, gc_mu=m.gc_mu, cd_solver=m.cd_solver)
-    distance = get_distance(m.distance)
     predictor = _predictor(cfg, model, ema, device) if m.gc_mu > 0 else None
     velocity = None
     if m.pairs == "cd":
@@ -213,9 +246,19 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
     ckpt_dir = run_dir / "checkpoints"
     start, loss_window = 0, None
     if resume:
-        chk = ckpt.load_latest_checkpoint(ckpt_dir, warn=log)
-        if chk is None and ckpt.list_checkpoints(ckpt_dir):
-            raise ckpt.CheckpointError(f"no checkpoint in {ckpt_dir} verifies (all are corrupt or not gcflow checkpoints); nothing was changed")
+        # Rank 0 picks the newest good checkpoint; the other processes load the same file (a
+        # multi-node run needs its run folder on a shared file system to resume).
+        picked: list[ckpt.Checkpoint | None] = []
+
+        def pick() -> str | None:
+            newest = ckpt.load_latest_checkpoint(ckpt_dir, warn=log)
+            if newest is None and ckpt.list_checkpoints(ckpt_dir):
+                raise ckpt.CheckpointError(f"no checkpoint in {ckpt_dir} verifies (all are corrupt or not gcflow checkpoints); nothing was changed")
+            picked.append(newest)
+            return None if newest is None else str(newest.path)
+
+        path = world.on_main(pick)
+        chk = picked[0] if picked else (ckpt.load_checkpoint(Path(path)) if path else None)
         if chk is not None:
             if to_dict(_config_from_meta(chk)) != to_dict(cfg):
                 raise ckpt.CheckpointError(f"checkpoint {chk.path} was written by another config; it cannot resume this run")
@@ -224,21 +267,33 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
             start = int(chk.meta["step"])
             loss_window = chk.meta.get("loss_window")
             log(f"gcflow: resuming {run_dir} from step {start}")
-        _truncate_metrics(run_dir / "metrics.jsonl", start)  # (killed before its first checkpoint: start over)
-    else:
+        if world.is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)  # (killed before its first checkpoint: start over)
+    elif world.is_main:
         ckpt.atomic_write_bytes(run_dir / "config.json", (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
         (run_dir / "metrics.jsonl").write_text("")
 
     def save(step: int) -> None:
-        tensors, opt_meta = _state_tensors(model, ema, opt)
-        meta = {"config": to_dict(cfg), "optimizer": opt_meta, "data": source.state_dict(), "data_shape": list(source.shape), "num_classes": source.num_classes,
-                "loss_window": [float(loss_sum.item()), loss_count]}  # the running mean since the last evaluation
-        ckpt.save_checkpoint(ckpt_dir, step, tensors, meta, keep=t.keep_checkpoints)
+        # Every process: the loss window (a mean over processes) and a check that the weights and
+        # the EMA are still identical everywhere; then rank 0 writes the file.
+        window = [world.mean(float(loss_sum.item())), loss_count]  # the running mean since the last evaluation
+        world.check_identical(_fingerprint(model, ema), "model and EMA weights")
 
-    # Evaluation set-up (toys: exact W2 against a fixed reference sample and its noise floor).
-    if is_toy(cfg.data.name):
+        def write() -> None:
+            tensors, opt_meta = _state_tensors(model, ema, opt)
+            meta = {"config": to_dict(cfg), "optimizer": opt_meta, "data": source.state_dict(), "data_shape": list(source.shape),
+                    "num_classes": source.num_classes, "loss_window": window}
+            ckpt.save_checkpoint(ckpt_dir, step, tensors, meta, keep=t.keep_checkpoints)
+
+        world.on_main(write)
+
+    # Evaluation set-up, on rank 0 (toys: exact W2 against a fixed reference sample and its noise floor).
+    evaluator: Any = None
+    if not world.is_main:
+        pass
+    elif is_toy(cfg.data.name):
         mix = source.mixture  # type: ignore[attr-defined]
-        evaluator: Any = ToyEvaluator(lambda n, g: mix.sample(n, g), t.eval_samples, mix.dim, t.seed, device)
+        evaluator = ToyEvaluator(lambda n, g: mix.sample(n, g), t.eval_samples, mix.dim, t.seed, device)
     else:
         from gcflow.training.image_run import ImageEvaluator
 
@@ -259,86 +314,117 @@ def _train_locked(cfg: Config, run_dir: Path, *, resume: bool, progress: bool, l
     if loss_window:  # resumed mid-window: continue the same running mean, so metrics match exactly
         loss_sum.fill_(loss_window[0])
         loss_count = int(loss_window[1])
+    # The step (training/step.py): draws, pairs, loss, gradient, update. Non-finite values are caught
+    # before the update on the CPU and with train.nonfinite=skip; on CUDA the hot loop never waits
+    # for the device, so a non-finite loss or gradient is recorded on the device (`fault`) and read
+    # at the next sync point (log, evaluation, checkpoint, signal, end): the error still names the
+    # first bad step, and non-finite weights are never evaluated or saved.
+    stepper = TrainStep(cfg, source, model, ema, opt, device=device, decay=decay, world=world,
+                        predictor=predictor, velocity=velocity, loss_fn=consistency_loss)
+    check_each_step = device.type != "cuda" or t.nonfinite == "skip"
+    fault = torch.zeros(3, dtype=torch.float64, device=device)  # (first non-finite step or 0, its loss, its gradient norm)
     t_start, images_done = time.perf_counter(), 0
     last: dict[str, Any] = {}
     try:
         model.train()
         for step in range(start, t.steps):
-            # Draw this step's levels, noise, GC selection and dropout seed from per-step streams.
-            n_scales = ict_num_scales(step, t.steps, m.s0, m.s1)
-            x0, labels = source.batch(step)
-            b_local = x0.shape[0]
-            lo = rank * b_local
-            sig_i, sig_n, weight = sample_noise_levels(
-                n_scales, t.batch_size, sigma_min=m.sigma_min, sigma_max=m.sigma_max, rho=m.rho,
-                p_mean=m.p_mean, p_std=m.p_std, generator=step_generator(t.seed, step, "levels"), device=device,
-            )
-            sig_i, sig_n, weight = sig_i[lo : lo + b_local], sig_n[lo : lo + b_local], weight[lo : lo + b_local]
-            z = torch.randn((t.batch_size, *source.shape), generator=step_generator(t.seed, step, "noise", device), device=device)[lo : lo + b_local]
-            gc_mask = None
-            if m.gc_mu > 0:
-                u = torch.rand(t.batch_size, generator=step_generator(t.seed, step, "gc"))
-                gc_mask = (u < m.gc_mu)[lo : lo + b_local].to(device)
-            dropout = SharedDropout(stream_seed(t.seed, step, "dropout", rank), device)
+            # Take one step on global batch `step` (this process's slice; DDP averages the gradients).
+            loss, grad_norm = stepper.forward_backward(step)
+            n_scales, done = stepper.n_scales, step + 1
+            is_log = done % max(t.log_every, 1) == 0 or done == t.steps
+            is_eval = bool(t.eval_every and done % t.eval_every == 0) or done == t.steps
+            is_ckpt = bool(t.checkpoint_every and done % t.checkpoint_every == 0) or done == t.steps
 
-            # Build the pairs (coupling -> GC -> CT/CD) and take one optimizer step on the loss.
-            pairs = build_pairs(recipe, x0, z, sig_i, sig_n, weight, predictor=predictor, velocity=velocity, gc_mask=gc_mask)
-            f = (lambda x, s: model(x, s, labels)) if labels is not None else model
-            loss = consistency_loss(f, pairs, distance, dropout).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-            if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
-                what = "loss" if not torch.isfinite(loss) else "gradient"
-                msg = (f"non-finite {what} at step {step + 1} (loss={loss.item():.4g}, grad norm={grad_norm.item():.4g}); "
-                       "likely cause: learning rate too high or non-finite data; lower optim.lr or check the data")
+            # Agree on a non-finite loss or gradient and on a stop signal (with several processes,
+            # every step when checking each step, else at sync points), then update or not.
+            bad = check_each_step and not bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+            stop = bool(stop_signal)
+            if world.distributed:
+                bad, stop = world.any(bad, stop) if (check_each_step or is_log or is_eval or is_ckpt) else (False, False)
+            if bad:
+                msg = _nonfinite_message(done, loss.item(), grad_norm.item())
                 if t.nonfinite != "skip":
                     raise TrainingError(msg)
                 # Skip the update only: evaluation, checkpoints and signals below still happen on time.
                 log(f"gcflow: warning: {msg}; skipping the step")
-                opt.zero_grad(set_to_none=True)
+                stepper.discard()
             else:
-                opt.step()
-                ema_update(ema, model, decay)
-                loss_sum += loss.detach()
+                if not check_each_step:
+                    _record_fault(fault, done, loss, grad_norm)
+                stepper.update()
+                loss_sum += loss
                 loss_count += 1
             images_done += t.batch_size
-            done = step + 1
+            if not check_each_step and (is_log or is_eval or is_ckpt or stop):
+                _raise_on_fault(fault, world)
 
             # Log, evaluate, checkpoint.
-            if done % max(t.log_every, 1) == 0 or done == t.steps:
+            if is_log:
                 rate = images_done / max(time.perf_counter() - t_start, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}", N=n_scales)
             bar.update(1)
-            is_eval = (t.eval_every and done % t.eval_every == 0) or done == t.steps
             if is_eval:
-                metrics, samples = evaluator(ema, cfg)
-                last = {"step": done, "images": done * t.batch_size, "n_scales": n_scales,
-                        "loss": float(loss_sum.item() / max(loss_count, 1)), **metrics,
-                        "seconds": round(time.perf_counter() - t_start, 3)}
+                window_loss = world.mean(float(loss_sum.item())) / max(loss_count, 1)
+                if world.is_main:
+                    metrics, samples = evaluator(ema, cfg)
+                    last = {"step": done, "images": done * t.batch_size, "n_scales": n_scales,
+                            "loss": float(window_loss), **metrics,
+                            "seconds": round(time.perf_counter() - t_start, 3)}
+                    with open(run_dir / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(last) + "\n")
+                    _write_pictures(run_dir, cfg, samples, evaluator)
                 loss_sum.zero_()
                 loss_count = 0
-                with open(run_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(last) + "\n")
-                _write_pictures(run_dir, cfg, samples, evaluator)
-            if (t.checkpoint_every and done % t.checkpoint_every == 0) or done == t.steps:
+            if is_ckpt:
                 save(done)
-            if stop_signal:
-                if not ((t.checkpoint_every and done % t.checkpoint_every == 0) or done == t.steps):
+            if stop:
+                if not is_ckpt:
                     save(done)
-                raise Interrupted(f"stopped by signal {stop_signal[0]} at step {done}; resume with 'gcflow train --resume {run_dir}'")
+                raise Interrupted(f"stopped by signal {(stop_signal or [0])[0]} at step {done}; resume with 'gcflow train --resume {run_dir}'")
     finally:
+        stepper.close()
         bar.close()
         for sig, h in handlers.items():
             signal.signal(sig, h)
 
-    # Summarise.
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    summary = dict(records[-1]) if records else dict(last)
-    summary.update({"run_dir": str(run_dir), "config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)})
-    ckpt.atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    return RunResult(run_dir, summary)
+    # Summarise (rank 0 writes summary.json; every process returns it).
+    def summarise() -> dict[str, Any]:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        summary = dict(records[-1]) if records else dict(last)
+        summary.update({"run_dir": str(run_dir), "config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)})
+        ckpt.atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        return summary
+
+    return RunResult(run_dir, world.on_main(summarise), model=model, ema=ema)
+
+
+def _nonfinite_message(step: int, loss: float, grad_norm: float) -> str:
+    what = "loss" if not math.isfinite(loss) else "gradient" if not math.isfinite(grad_norm) else "loss or gradient (on another process)"
+    return (f"non-finite {what} at step {step} (loss={loss:.4g}, grad norm={grad_norm:.4g}); "
+            "likely cause: learning rate too high or non-finite data; lower optim.lr or check the data")
+
+
+def _record_fault(fault: Tensor, step: int, loss: Tensor, grad_norm: Tensor) -> None:
+    """Remember (step, loss, grad norm) of the first non-finite step, on the device (no host sync)."""
+    first = (fault[0] == 0) & ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+    now = torch.stack([torch.full((), float(step), dtype=torch.float64, device=fault.device), loss.double(), grad_norm.double()])
+    fault.copy_(torch.where(first, now, fault))
+
+
+def _raise_on_fault(fault: Tensor, world: distributed.World) -> None:
+    """Read the fault record (a sync point) and stop every process if any process recorded a non-finite step."""
+    step, loss, grad_norm = fault.tolist()
+    (bad,) = world.any(step > 0)
+    if bad:
+        if step == 0:
+            raise TrainingError("non-finite loss or gradient on another process; see rank 0's message")
+        raise TrainingError(_nonfinite_message(int(step), loss, grad_norm))
+
+
+def _fingerprint(*modules: nn.Module) -> Tensor:
+    """A CPU vector summarising all parameters (per-tensor sums in float64): equal iff the weights very likely are."""
+    sums = [p.detach().double().sum() for mod in modules for p in mod.parameters()]
+    return torch.stack(sums).cpu() if sums else torch.zeros(1, dtype=torch.float64)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
