@@ -1,6 +1,6 @@
 """Reliability promises: exact resume, corrupt-checkpoint fallback, numerical faults, code-free checkpoints.
 
-Each test proves one line of docs/guarantees.md.
+Each test proves one line of the README section "What gcflow guarantees".
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ class TrainConfig:
     log_every: int = _f(50, "refresh the progress bar every this many steps")
     sample_steps: int = _f(1, "sampler steps for evaluation and samples.png")
     nonfinite: str = _f("stop", "on a non-finite loss or gradient: stop, or skip the step")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
     precision: str = _f("auto", "network passes in fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU")
     channels_last: bool = _f(True, "image networks use the channels-last memory layout (faster convolutions)")
     compile: bool = _f(False, "compile the training passes with torch.compile (slow first steps, faster after)")
@@ -269,6 +270,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
     if t.steps < 1 or t.batch_size < 1 or t.eval_samples < 2:
         raise ConfigError("train.steps and train.batch_size must be >= 1 and train.eval_samples >= 2")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
     if min(t.eval_every, t.checkpoint_every, t.log_every) < 0 or t.keep_checkpoints < 1 or t.sample_steps < 1:
         raise ConfigError("train.eval_every, checkpoint_every, log_every must be >= 0; keep_checkpoints, sample_steps >= 1")
     if any(not 0.0 <= p < 1.0 for p in cfg.network.dropout):

@@ -27,11 +27,14 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...], str]] = {
                        "network.attn_resolutions=none", "train.batch_size=128", "train.steps=150000", "optim.lr=8e-5"), "0,0,0.2,0.2"),
 }
 
-# CPU-sized runs on real images. digits: scikit-learn's bundled 8x8 digits (no download).
+# CPU-sized runs on real images. digits: scikit-learn's bundled 8x8 digits (no download). A 3 000-step
+# budget cannot use iCT's full curriculum: reaching N = 1280 in the last 375 steps made both IC and GC
+# worse (classifier FD 28 -> 42 and 33 -> 56 measured here), so the curriculum stops at s1 = 160.
 _DIGITS = ("data.name=digits", "network.kind=songunet", "network.channels=16", "network.channel_mult=1,2",
            "network.num_blocks=1", "network.attn_resolutions=4", "optim.name=adam", "optim.lr=5e-4",
-           "optim.betas=0.9,0.999", "optim.ema_decay=0.995", "train.batch_size=128", "train.steps=3000",
-           "train.eval_every=1000", "train.eval_samples=1000", "train.checkpoint_every=1000")
+           "optim.betas=0.9,0.999", "optim.ema_decay=0.995", "train.batch_size=128", "train.steps=3000", "method.s1=160",
+           "train.eval_every=1000", "train.eval_samples=1000", "train.checkpoint_every=1000",
+           "train.threads=1")  # small convolutions: one thread is faster on 2 cores (see presets.py)
 _MNIST = ("data.name=mnist", "network.kind=songunet", "network.channels=64", "network.channel_mult=1,2,2",
           "network.num_blocks=2", "network.attn_resolutions=7", "optim.name=lion", "optim.lr=1e-4",
           "optim.betas=0.9,0.99", "optim.ema_decay=0.999", "train.batch_size=256", "train.steps=20000",
