@@ -133,10 +133,10 @@ def test_idx_checksum_mismatch(tmp_path):
 def test_idx_missing_file_names_layout(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_image_dataset("mnist", tmp_path)
-    one_line_error(err, "missing", "train-images-idx3-ubyte.gz", "--data.root")
+    one_line_error(err, "missing", "train-images-idx3-ubyte.gz", "data.root=DIR")
     with pytest.raises(DatasetError) as err:
         load_image_dataset("mnist", None)
-    one_line_error(err, "--data.root")
+    one_line_error(err, "data.root=DIR")
 
 
 def _trust(monkeypatch, folder: Path) -> None:
@@ -405,7 +405,7 @@ def test_imagenet32_errors(tmp_path):
     (tmp_path / "train_data_batch_7.npz").unlink()
     with pytest.raises(DatasetError) as err:
         load_image_dataset("imagenet32", tmp_path, "train")
-    one_line_error(err, "missing", "train_data_batch_7.npz", "--data.root")
+    one_line_error(err, "missing", "train_data_batch_7.npz", "data.root=DIR")
 
 
 # ----------------------------------------------------------------------------- image folders

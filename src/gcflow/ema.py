@@ -30,12 +30,16 @@ def make_ema(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model for parameters (fused foreach lerp); buffers copied."""
+    """ema ← decay·ema + (1 − decay)·model for parameters (one foreach lerp); buffers copied (one foreach copy).
+
+    Nothing here reads a device value on the host, so on CUDA the update is queued without a sync.
+    """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
     e_params = [p for p in ema.parameters()]
     m_params = [p.detach() for p in model.parameters()]
     if e_params:
         torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
-    for e_buf, m_buf in zip(ema.buffers(), model.buffers()):
-        e_buf.copy_(m_buf)
+    e_bufs, m_bufs = list(ema.buffers()), list(model.buffers())
+    if e_bufs:
+        torch._foreach_copy_(e_bufs, m_bufs)

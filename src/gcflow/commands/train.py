@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Callable
 
-from gcflow.commands.errors import one_line_usage_errors, run_guarded
+from gcflow.commands.errors import one_line_usage_errors, run_guarded, user_errors
 from gcflow.training.config import apply_overrides, describe_options, validate
 from gcflow.training.presets import DEFAULT_PRESET, load_preset
 
@@ -27,10 +28,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_guarded(lambda: _run(args))
+    if _is_main_process():
+        return run_guarded(lambda: _run(args, print))
+    # The other processes of a torchrun job stay silent: rank 0 reports for the run, errors included.
+    try:
+        return _run(args, lambda *_: None)
+    except (*user_errors(), OSError):
+        return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _is_main_process() -> bool:
+    from gcflow.training.config import ConfigError
+    from gcflow.training.distributed import world_from_env
+
+    try:
+        return world_from_env().is_main
+    except ConfigError:
+        return True  # a broken torchrun environment is reported by train()
+
+
+def _run(args: argparse.Namespace, say: Callable[..., None]) -> int:
     from gcflow.training.trainer import Interrupted, train
 
     overrides = list(args.overrides)
@@ -44,18 +61,18 @@ def _run(args: argparse.Namespace) -> int:
     else:
         run_dir = args.out or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         resume = False
-    print(f"gcflow: run folder {run_dir}")
+    say(f"gcflow: run folder {run_dir}")
     try:
         result = train(cfg, run_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
     except Interrupted as exc:
-        print(f"gcflow: {exc}")
+        say(f"gcflow: {exc}")
         return 130
     s = result.summary
-    print(f"gcflow: finished {s['step']} steps in {s['wall_seconds']:.1f} s; run folder {result.run_dir}")
+    say(f"gcflow: finished {s['step']} steps in {s['wall_seconds']:.1f} s; run folder {result.run_dir}")
     if "w2" in s:
-        print(f"gcflow: final W2 = {s['w2']:.4f} (noise floor {s['w2_noise_floor']:.4f}); "
+        say(f"gcflow: final W2 = {s['w2']:.4f} (noise floor {s['w2_noise_floor']:.4f}); "
               f"sliced W2 = {s['sliced_w2']:.4f} (noise floor {s['sliced_w2_noise_floor']:.4f})")
     for key in ("classifier_fd", "pixel_sliced_w2"):
         if key in s:
-            print(f"gcflow: final {key} = {s[key]:.4f}")
+            say(f"gcflow: final {key} = {s[key]:.4f}")
     return 0

@@ -55,7 +55,7 @@ def build_model(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0) 
 
 
 def _lion(params: Any, cfg: Config) -> torch.optim.Optimizer:
-    from lion_pytorch import Lion
+    from gcflow.training.lion import Lion  # lion_pytorch's update with foreach kernels
 
     o = cfg.optim
     return Lion(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -63,7 +63,10 @@ def _lion(params: Any, cfg: Config) -> torch.optim.Optimizer:
 
 def _adam(params: Any, cfg: Config) -> torch.optim.Optimizer:
     o = cfg.optim
-    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=True)
+    params = list(params)
+    fused = bool(params) and params[0].is_cuda  # one fused kernel on CUDA; foreach kernels on the CPU
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                             foreach=None if fused else True, fused=fused or None)
 
 
 OPTIMIZERS: dict[str, Callable[[Any, Config], torch.optim.Optimizer]] = {"lion": _lion, "adam": _adam}
@@ -72,6 +75,26 @@ OPTIMIZERS: dict[str, Callable[[Any, Config], torch.optim.Optimizer]] = {"lion":
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """The optimizer named by `optim.name` over the model's parameters."""
     return OPTIMIZERS[cfg.optim.name](model.parameters(), cfg)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype of the network passes: 'auto' is bf16 on CUDA devices that support it, else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support; use train.precision=fp32")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def set_memory_format(model: nn.Module, cfg: Config) -> nn.Module:
+    """Put an image network's convolution weights in the channels-last layout when train.channels_last is set.
+
+    Call before making the EMA and the optimizer so that they inherit the layout. Checkpoints are
+    unaffected (tensors are saved contiguous in the standard layout).
+    """
+    if cfg.train.channels_last and cfg.network.kind == "songunet":
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def resolve_device(name: str) -> torch.device:

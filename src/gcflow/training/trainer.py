@@ -1,7 +1,9 @@
 """The bundled training loop: one flat function composing gcflow's parts, in commented paragraphs.
 
 Everything mathematical lives in the library (sigmas, pairs, loss, EMA, samplers); this file only
-wires it to data, an optimizer, logging and checkpoints.
+wires it to data, an optimizer, logging and checkpoints. The per-step hot path is
+`gcflow.training.step.TrainStep`; data-parallel processes started by torchrun are handled through
+`gcflow.training.distributed` (see docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -77,9 +79,19 @@ def _load_states(chk: ckpt.Checkpoint, model: nn.Module, ema: nn.Module, opt: to
         ema.load_state_dict(ckpt.split_prefix(chk.tensors, "ema"))
         if opt is not None:
             ckpt.optimizer_from_flat(opt, chk.tensors, chk.meta["optimizer"])
+            _match_layouts(opt)
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ckpt.CheckpointError(f"checkpoint {chk.path} does not fit this run's architecture or config: {first}") from None
+
+
+def _match_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer state its parameter's memory layout (checkpoints hold the standard one),
+    so that the foreach updates keep their fast path for channels-last weights. Values are unchanged."""
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p).copy_(value)
 
 
 def _predictor(cfg: Config, model: nn.Module, ema: nn.Module, device: torch.device):
@@ -179,9 +191,12 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
             return to_dict(resolved)
 
         # Every process trains the config rank 0 settled on (on resume, the run folder's own).
-        cfg = from_dict(world.on_main(open_run))
-        split_global_batch(cfg.train.batch_size, world.size)
-        return _train_locked(cfg, Path(run_dir), world, resume=resume, progress=progress, log=log)
+        try:
+            cfg = from_dict(world.on_main(open_run))
+            split_global_batch(cfg.train.batch_size, world.size)
+            return _train_locked(cfg, Path(run_dir), world, resume=resume, progress=progress, log=log)
+        except distributed.DistributedError as exc:  # another process failed, or the processes diverged
+            raise TrainingError(str(exc)) from None
 
 
 def _quiet(*_: Any) -> None:
@@ -216,6 +231,10 @@ def _train_locked(cfg: Config, run_dir: Path, world: distributed.World, *, resum
     device = distributed.device_for(world, t.device)
     rank, world_size = world.rank, world.size
     split_global_batch(t.batch_size, world_size)
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions: the passes meet only a few shapes
 
     # Load the data.
     if not is_toy(cfg.data.name):
@@ -277,7 +296,8 @@ def _train_locked(cfg: Config, run_dir: Path, world: distributed.World, *, resum
         # Every process: the loss window (a mean over processes) and a check that the weights and
         # the EMA are still identical everywhere; then rank 0 writes the file.
         window = [world.mean(float(loss_sum.item())), loss_count]  # the running mean since the last evaluation
-        world.check_identical(_fingerprint(model, ema), "model and EMA weights")
+        if world.distributed:
+            world.check_identical(_fingerprint(model, ema), "model and EMA weights")
 
         def write() -> None:
             tensors, opt_meta = _state_tensors(model, ema, opt)
