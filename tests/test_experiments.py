@@ -1,0 +1,112 @@
+"""`gcflow experiment`: every study end to end on a tiny budget, and the command's error paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gcflow.cli import main
+from gcflow.experiments import EXPERIMENTS, options_type
+from gcflow.experiments.options import parse_options
+from gcflow.experiments.report import VERDICTS
+from gcflow.training.config import ConfigError
+
+# torch.func's forward-mode decompositions call the deprecated torch.jit.script internally (torch 2.13).
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+TINY: dict[str, list[str]] = {
+    "exact-map": ["n_check=40", "fixed_steps=200", "n_speed=200", "n_digits=40", "toys=two-modes"],
+    "theorem1": ["samples=512", "n_max=40", "grad_samples=256", "grad_chunks=4", "grad_ns=10,20", "width=8", "depth=1", "distances=l2,pseudo_huber:0.1,l1"],
+    "discrepancy": ["sigmas=0.1,2", "ot_batches=32", "n_exact=500", "n_kernel=150", "n_train=200", "n_test=100", "mlp_steps=10", "predictor_steps=10"],
+    "transport": ["n=256", "ot_batches=32,64", "levels=4", "model_steps=10", "digits_n=128", "digits_curve_n=4", "digits_levels=3"],
+    "convergence": ["seeds=0,1", "methods=IC,GC", "steps=20", "eval_every=10", "batch_size=32", "n_error=16", "eval_samples=64", "sigmas=0.5,5"],
+    "modes": ["mus=0,1", "steps=20", "eval_every=10", "batch_size=32", "samples=100", "shift_sigmas=0.5", "shift_n=64"],
+}
+FAST = {"exact-map", "theorem1"}
+
+
+def _run(name: str, out: Path) -> dict:
+    assert main(["experiment", name, *TINY[name], "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["experiment"] == name and doc["options"]
+    assert doc["claims"] and all(c["verdict"] in VERDICTS for c in doc["claims"])
+    for fname in doc["figures"]:
+        assert (out / fname).stat().st_size > 1000, fname
+    report = (out / "report.md").read_text()
+    assert "| claim | measured | verdict |" in report and f"gcflow experiment {name}" in report
+    return doc
+
+
+def test_every_experiment_has_a_tiny_setting() -> None:
+    assert set(TINY) == set(EXPERIMENTS)
+    for name, (description, fn) in EXPERIMENTS.items():
+        assert description and "\n" not in description
+        parse_options(options_type(fn), TINY[name], name)  # the tiny overrides are valid options
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_fast_experiments_end_to_end(name: str, tmp_path: Path) -> None:
+    doc = _run(name, tmp_path / name)
+    if name == "theorem1":
+        dists = doc["results"]["distances"]
+        assert dists["l2"]["gradients"]["ns"] == [10, 20] and dists["l1"]["alpha"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(EXPERIMENTS) - FAST))
+def test_training_experiments_end_to_end(name: str, tmp_path: Path) -> None:
+    doc = _run(name, tmp_path / name)
+    if name == "convergence":
+        methods = doc["results"]["methods"]
+        assert set(methods) == {"IC", "GC"} and len(methods["GC"]["per_seed"]) == 2
+        assert all(len(m["error_to_exact"]) == len(m["steps"]) == 2 for m in methods.values())
+    if name == "modes":
+        assert set(doc["results"]["runs"]) == {"mu=0", "mu=1"}
+        assert "exact f⋆" in doc["results"]["shift"]
+
+
+def test_list_and_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiment", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in EXPERIMENTS)
+    assert main(["experiment", "theorem1", "--options"]) == 0
+    assert "grad_chunks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["experiment", "no-such-study"], "unknown experiment"),
+        (["experiment", "theorem1", "samples=many"], "samples='many' is not a valid int"),
+        (["experiment", "theorem1", "bogus=1"], "unknown option 'bogus'"),
+        (["experiment", "theorem1", "samples"], "not of the form key=value"),
+        (["experiment"], "name an experiment"),
+    ],
+)
+def test_bad_invocations_are_one_line_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_refuses_to_overwrite_without_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "t1"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["experiment", "theorem1", *TINY["theorem1"], "--out", str(out)]
+    assert main(args) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "results.json").exists()
+
+
+def test_options_are_typed() -> None:
+    cls = options_type(EXPERIMENTS["theorem1"][1])
+    opts = parse_options(cls, ["grad_ns=5,7", "t_hi=1.5", "distances=l1"], "theorem1")
+    assert opts.grad_ns == (5, 7) and opts.t_hi == 1.5 and opts.distances == ("l1",)
+    with pytest.raises(ConfigError):
+        parse_options(cls, ["t_hi=abc"], "theorem1")
