@@ -51,10 +51,12 @@ for _name, (_title, _over, _dropout) in _SETTINGS.items():
         _drop = "0" if _kind == "gc" else _dropout
         register(f"{_name}-{_kind}", Preset(f"{_title}, {_what} (paper setting, GPU)", _PAPER_COMMON + _over + (f"network.dropout={_drop}",) + _extra))
 
-for _kind, (_what, _extra) in _KINDS.items():
-    _drop = "0" if _kind == "gc" else "0.1"
-    register(f"digits-{_kind}", Preset(f"scikit-learn 8x8 digits, {_what} (CPU, a few minutes)", _DIGITS + (f"network.dropout={_drop}",) + _extra))
-    register(f"mnist-{_kind}", Preset(f"MNIST 28x28, {_what} (GPU-sized; needs data.root=DIR with the idx files)", _MNIST + (f"network.dropout={_drop}",) + _extra))
+_SMALL = {"digits": ("scikit-learn 8x8 digits, {} (CPU, a few minutes)", _DIGITS),
+          "mnist": ("MNIST 28x28, {} (GPU-sized; needs data.root=DIR with the idx files)", _MNIST)}
+for _name, (_title, _base) in _SMALL.items():
+    for _kind, (_what, _extra) in _KINDS.items():
+        _drop = "0" if _kind == "gc" else "0.1"
+        register(f"{_name}-{_kind}", Preset(_title.format(_what), _base + (f"network.dropout={_drop}",) + _extra))
 
 _SHAPES = {"cifar10": ((3, 32, 32), 10), "imagenet32": ((3, 32, 32), 1000), "celeba64": ((3, 64, 64), 0),
            "lsun-church64": ((3, 64, 64), 0), "ffhq64": ((3, 64, 64), 0), "digits": ((1, 8, 8), 10),

@@ -6,7 +6,7 @@ Per parameter θ with gradient g and momentum m (β1, β2, learning rate η, wei
     θ ← θ − η · sign(β1·m + (1 − β1)·g)
     m ← β2·m + (1 − β2)·g
 
-This is exactly the update of `lion_pytorch.Lion` (the paper's released code uses that package),
+This is exactly the update of `lion_pytorch.Lion`,
 with the same state ("exp_avg") and parameter-group keys, so checkpoints move between the two;
 on the CPU the results are bit-identical. The difference is speed: one foreach kernel per line
 for all parameters instead of five small kernels per parameter tensor (the CIFAR-10 network has
