@@ -22,3 +22,14 @@ def test_readme_starts_with_the_two_commands():
     assert "pytest" in block[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert block[1] in ci  # CI runs exactly the README test command
+
+
+def test_readme_speedups_are_the_benchmarks_measured_ones():
+    """The CPU speed-ups quoted in the README are those in benchmarks/results/step_cpu.json."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    rows = json.loads((ROOT / "benchmarks" / "results" / "step_cpu.json").read_text())["sizes"]["cpu"]["rows"]
+    for row in rows:
+        quoted = f"{row['speedup']:.2f}× ({row['method']})"
+        assert quoted in readme, f"README should quote {quoted} from step_cpu.json"

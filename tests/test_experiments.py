@@ -110,3 +110,12 @@ def test_options_are_typed() -> None:
     assert opts.grad_ns == (5, 7) and opts.t_hi == 1.5 and opts.distances == ("l1",)
     with pytest.raises(ConfigError):
         parse_options(cls, ["t_hi=abc"], "theorem1")
+
+
+def test_convergence_verdicts_weigh_seed_noise() -> None:
+    from gcflow.experiments.convergence import lower_verdict
+
+    assert lower_verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "agrees"
+    assert lower_verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "disagrees"
+    assert lower_verdict([1.0, 1.5, 0.5], [1.2, 1.7, 0.7]) == "inconclusive"  # a shift well inside the seed spread
+    assert lower_verdict([1.0], [1.05]) == "inconclusive" and lower_verdict([1.0], [1.2]) == "agrees"
