@@ -56,7 +56,7 @@ def gather(base: Path, docs: Path, results_json: Path) -> None:
             pictures.append({"file": f"figures/theory/{target}", "caption": caption})
         studies.append({"folder": folder, "title": result["title"], "command": result["command"],
                         "seconds": result["seconds"], "claims": result["claims"],
-                        "notes": [n.replace(str(base) + "/", "") for n in result.get("notes", [])],
+                        "notes": [n.replace(str(ROOT) + "/", "") for n in result.get("notes", [])],
                         "figures": pictures, "environment": result.get("environment", {})})
     results_json.write_text(json.dumps({"studies": studies}, indent=1, ensure_ascii=False) + "\n")
     (docs / "theory.md").write_text(render(studies))

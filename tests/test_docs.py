@@ -33,3 +33,30 @@ def test_readme_speedups_are_the_benchmarks_measured_ones():
     for row in rows:
         quoted = f"{row['speedup']:.2f}× ({row['method']})"
         assert quoted in readme, f"README should quote {quoted} from step_cpu.json"
+
+
+def _theory_section(readme: str) -> str:
+    start = readme.index("## The paper's theory, measured")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def test_readme_theory_numbers_are_the_measured_ones():
+    """Every decimal number and verdict in the README's theory table is in benchmarks/results/theory.json."""
+    import json
+
+    section = _theory_section((ROOT / "README.md").read_text())
+    studies = json.loads((ROOT / "benchmarks" / "results" / "theory.json").read_text())["studies"]
+    table = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+             if line.startswith("| ") and "---" not in line]
+    rows = [cells for cells in table if len(cells) == 4][1:]  # the claims table, without its header
+    assert len(rows) >= 8
+    for cells in rows:
+        folder, verdict = cells[1].strip("`"), cells[-1].strip("*")
+        study = next(s for s in studies if s["folder"] == folder)
+        assert verdict in {c["verdict"] for c in study["claims"]}, f"{folder}: no claim is '{verdict}'"
+        measured = " ".join(c["measured"] + " " + c["claim"] for c in study["claims"])
+        for number in re.findall(r"\d+\.\d+(?:e-\d+)?|\d+e-\d+", cells[2]):
+            assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", measured), (
+                f"README quotes {number} for {folder}, which its results in theory.json do not contain")
+    for fig in re.findall(r"\]\((docs/figures/theory/[^)]+)\)", section):
+        assert (ROOT / fig).is_file(), f"README shows {fig}, which does not exist"

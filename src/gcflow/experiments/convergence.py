@@ -151,11 +151,20 @@ def run(options: ConvergenceOptions, out: Path) -> ExperimentReport:
             lower_verdict(final_runs["OT"], final_runs["IC"]),
         ))
     err_final = {k: v["mean_error_to_exact"][-1] for k, v in m.items()}
-    claims.append(Claim(
-        "Oracle CD, which sees the exact velocity, tracks f⋆ best; CT methods approximate it (measured).",
-        "final mean error to f⋆: " + ", ".join(f"{k} {fmt(v)}" for k, v in err_final.items()) + ".",
-        "measured",
-    ))
+    err_runs = {k: [float(np.mean(p["error_to_exact"][-1])) for p in v["per_seed"]] for k, v in m.items()}
+    if "CD" in m and "IC" in m:
+        # The paper's premise: CT estimates what CD sees exactly, so oracle CD should be closer to f⋆.
+        claims.append(Claim(
+            "Oracle CD, which sees the exact velocity, ends closer to f⋆ than consistency training (IC).",
+            "final mean error to f⋆: " + ", ".join(f"{k} {fmt(v)}" for k, v in err_final.items()) + f"; {rule}.",
+            lower_verdict(err_runs["CD"], err_runs["IC"]),
+        ))
+    else:
+        claims.append(Claim(
+            "Error of each method to the exact consistency map f⋆ (measured).",
+            "final mean error to f⋆: " + ", ".join(f"{k} {fmt(v)}" for k, v in err_final.items()) + ".",
+            "measured",
+        ))
     return ExperimentReport(
         title="Convergence of IC, OT, GC and oracle CD",
         summary=(f"Each method is trained with the bundled trainer on `{options.data}` for {options.steps} steps (batch {options.batch_size}, seeds {', '.join(map(str, seeds))}); "
