@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from gcflow.dropout import SharedDropout
@@ -35,9 +36,8 @@ def test_draw_is_reproducible():
     assert a == b
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (run on the GPU machine, see BENCHMARKS.md)")
 def test_shared_dropout_on_cuda_if_available():
-    if not torch.cuda.is_available():
-        return  # exercised on the GPU machine (see BENCHMARKS.md)
     net, x = _net().cuda(), torch.randn(32, 8, device="cuda")
     shared = SharedDropout(seed=17, device="cuda")
     with shared.replay():
