@@ -9,7 +9,6 @@ import torch
 
 from gcflow.theory.errors import error_to_exact, exact_map_targets
 from gcflow.theory.exact_map import (
-    MixtureDenoiser,
     ODETolerance,
     consistency_map,
     consistency_map_fixed,
@@ -55,7 +54,7 @@ def test_single_dirac_is_a_straight_line(gen: torch.Generator) -> None:
 @pytest.mark.parametrize("name", ["two-modes", "ring8", "grid25"])
 def test_mixture_matches_fine_fixed_step(name: str, gen: torch.Generator) -> None:
     mix = make_toy(name)
-    den = MixtureDenoiser(mix)
+    den = mix.denoise
     x, sig = _path_points(mix, 200, gen)
     f = consistency_map(den, x, sig, SIGMA_MIN)
     ref = consistency_map_fixed(den, x, sig, SIGMA_MIN, steps=800)
@@ -83,7 +82,7 @@ def test_samples_at_or_below_sigma_min_are_unchanged(gen: torch.Generator) -> No
 def test_consistency_along_a_trajectory(gen: torch.Generator) -> None:
     # Integrating from σ to σ' < σ and then applying f⋆ at σ' gives f⋆ at σ (the defining property).
     mix = make_toy("ring8")
-    den = MixtureDenoiser(mix)
+    den = mix.denoise
     x, _ = _path_points(mix, 100, gen, 2.0, 2.0)
     sig = torch.full((100,), 2.0, dtype=torch.float64)
     mid = consistency_map(den, x, sig, sigma_min=0.3)
@@ -100,18 +99,6 @@ def test_pushforward_of_the_noisy_marginal_is_the_data(gen: torch.Generator) -> 
     upper = (f[:, 1] > 0).double().mean().item()
     assert upper == pytest.approx(0.5, abs=0.04)
     assert (f[:, 1].abs() - 0.5).abs().mean() < 0.02
-
-
-@pytest.mark.parametrize("kind", ["shared", "dirac", "per-component", "diagonal"])
-def test_fast_denoiser_matches_the_mixture(kind: str, gen: torch.Generator) -> None:
-    means = torch.randn(6, 3, generator=gen, dtype=torch.float64)
-    stds = {"shared": 0.2, "dirac": 0.0, "per-component": torch.rand(6, generator=gen, dtype=torch.float64),
-            "diagonal": torch.rand(6, 3, generator=gen, dtype=torch.float64)}[kind]
-    w = torch.rand(6, generator=gen, dtype=torch.float64)
-    mix = GaussianMixture.create(means, stds, w / w.sum())
-    x = torch.randn(40, 3, generator=gen, dtype=torch.float64)
-    sig = torch.rand(40, generator=gen, dtype=torch.float64) + 0.05
-    assert torch.allclose(MixtureDenoiser(mix)(x, sig), mix.denoise(x, sig), atol=1e-12)
 
 
 def test_error_to_exact(gen: torch.Generator) -> None:

@@ -10,7 +10,7 @@ from scipy.integrate import quad
 
 from gcflow.networks.mlp import ToyMLP
 from gcflow.precond import ConsistencyModel
-from gcflow.theory.exact_map import MixtureDenoiser, gaussian_consistency_map
+from gcflow.theory.exact_map import gaussian_consistency_map
 from gcflow.theory.theorem1 import CommonSamples, Grid, check_gradients, check_theorem1, default_ns, limit_terms, theorem_distance
 from gcflow.toy.mixture import GaussianMixture, make_toy
 
@@ -22,7 +22,7 @@ S, D, SIGMA_MIN, T_HI = 0.5, 2, 0.002, 2.0
 
 def _gaussian():
     mix = GaussianMixture.create(torch.zeros(1, D), S)
-    den = MixtureDenoiser(mix)
+    den = mix.denoise
     return mix, lambda x, t: (x - den(x, t)) / t[:, None]
 
 
@@ -99,7 +99,7 @@ def test_pseudo_huber_needs_small_steps(gen: torch.Generator) -> None:
 def test_scaled_gradients_agree_for_alpha_2_and_differ_for_alpha_1(gen: torch.Generator) -> None:
     torch.manual_seed(0)
     mix = make_toy("two-modes")
-    den = MixtureDenoiser(mix)
+    den = mix.denoise
     vel = lambda x, t: (x - den(x, t)) / t[:, None]  # noqa: E731
     model = ConsistencyModel(ToyMLP(2, 16, 1, emb_dim=16), 0.5, SIGMA_MIN).double().eval()
     samples = CommonSamples.draw(mix.sample, 4096, 2, gen)

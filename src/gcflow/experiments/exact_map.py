@@ -12,7 +12,7 @@ from gcflow.experiments import figures
 from gcflow.experiments.common import generator, set_threads, toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
-from gcflow.theory.exact_map import MixtureDenoiser, ODETolerance, consistency_map, consistency_map_fixed, gaussian_consistency_map
+from gcflow.theory.exact_map import ODETolerance, consistency_map, consistency_map_fixed, gaussian_consistency_map
 
 
 @dataclass
@@ -44,7 +44,7 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
     g = generator(options.seed, 1)
     gauss = toy("gaussian")
     x, sig = _path_points(gauss, options.n_check, g)
-    f = consistency_map(MixtureDenoiser(gauss), x, sig, 0.002, tol)
+    f = consistency_map(gauss.denoise, x, sig, 0.002, tol)
     closed = gaussian_consistency_map(x, sig, gauss.means[0], float(gauss.stds[0, 0]), 0.002)
     err_g = float((f - closed).norm(dim=1).max())
     results["gaussian_max_error"] = err_g
@@ -58,7 +58,7 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
     results["mixtures"] = {}
     for name in options.toys:
         mix = toy(name)
-        den = MixtureDenoiser(mix)
+        den = mix.denoise
         x, sig = _path_points(mix, options.n_check, generator(options.seed, 2))
         t0 = time.perf_counter()
         f = consistency_map(den, x, sig, 0.002, tol)
@@ -82,12 +82,12 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
     mix = toy("grid25")
     x, sig = _path_points(mix, options.n_speed, generator(options.seed, 3))
     t0 = time.perf_counter()
-    f_grid = consistency_map(MixtureDenoiser(mix), x, sig, 0.002, tol)
+    f_grid = consistency_map(mix.denoise, x, sig, 0.002, tol)
     t_2d = time.perf_counter() - t0
     digits = toy("digits")
     xd, sd = _path_points(digits, options.n_digits, generator(options.seed, 4))
     counter = {"n": 0}
-    den = MixtureDenoiser(digits)
+    den = digits.denoise
 
     def counted(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         counter["n"] += 1
@@ -112,7 +112,7 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
         g = generator(options.seed, 5)
         x0 = mix.sample(n, g)
         xs = x0 + level * torch.randn(n, 2, generator=g, dtype=torch.float64)
-        fs = consistency_map(MixtureDenoiser(mix), xs, torch.full((n,), level, dtype=torch.float64), 0.002, tol)
+        fs = consistency_map(mix.denoise, xs, torch.full((n,), level, dtype=torch.float64), 0.002, tol)
         ax.scatter(xs[:, 0], xs[:, 1], s=2, c="0.75", label="x⋆ + σz")
         ax.scatter(fs[:, 0], fs[:, 1], s=2, c="tab:blue", label="f⋆(x⋆ + σz, σ)")
         ax.set(title=f"σ = {level}", aspect="equal", xlim=(-2, 2), ylim=(-2, 2))

@@ -13,7 +13,6 @@ from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
 from gcflow.networks.mlp import ToyMLP
 from gcflow.precond import ConsistencyModel
-from gcflow.theory.exact_map import MixtureDenoiser
 from gcflow.theory.theorem1 import CommonSamples, Grid, TheoremDistance, check_gradients, check_theorem1, theorem_distance
 
 
@@ -51,7 +50,7 @@ def run(options: Theorem1Options, out: Path) -> ExperimentReport:
     set_threads(options.threads)
     mix = toy(options.data)
     dim = mix.dim
-    den = MixtureDenoiser(mix)
+    den = mix.denoise
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return (x - den(x, t)) / t[:, None]

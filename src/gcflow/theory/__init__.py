@@ -9,7 +9,6 @@
 
 from gcflow.theory.errors import ExactMapTargets, error_to_exact, exact_map_targets
 from gcflow.theory.exact_map import (
-    MixtureDenoiser,
     ODETolerance,
     consistency_map,
     consistency_map_fixed,
@@ -32,7 +31,7 @@ from gcflow.theory.transport import gaussian_costs, generator_cost_curve, indepe
 
 __all__ = [
     "ExactMapTargets", "error_to_exact", "exact_map_targets",
-    "MixtureDenoiser", "ODETolerance", "consistency_map", "consistency_map_fixed", "exact_consistency_map", "gaussian_consistency_map",
+    "ODETolerance", "consistency_map", "consistency_map_fixed", "exact_consistency_map", "gaussian_consistency_map",
     "DenoiserSettings", "exact_ic_discrepancy", "fit_denoiser_discrepancy", "gaussian_gc_discrepancy", "gaussian_ic_discrepancy", "generator_pairs",
     "independent_pairs", "kernel_discrepancy", "minibatch_ot_pairs",
     "CommonSamples", "Grid", "check_gradients", "check_theorem1", "theorem_distance",

@@ -141,53 +141,6 @@ def consistency_map_fixed(
     return sol[-1].reshape(x.shape)
 
 
-class MixtureDenoiser:
-    """A fast D⋆ for isotropic mixtures (incl. Dirac/empirical ones), called hundreds of times per ODE solve.
-
-    `GaussianMixture.denoise` is general (diagonal covariances, input checks). Here, for isotropic
-    components, the log-posterior is one fused matrix product: log r_k = (x·m_k − ‖m_k‖²/2)/v_k + log w_k
-    − (d/2) log v_k + const(x), with v_k = s_k² + σ² (the ‖x‖² term is constant over k and cancels in the
-    softmax). When all components share one variance (every toy, and empirical data sets), v is one
-    number per row and the per-component terms drop out as well, so an evaluation costs two (B, K)
-    matrix products and a softmax. Non-isotropic mixtures fall back to `GaussianMixture.denoise`.
-    """
-
-    def __init__(self, mixture: GaussianMixture) -> None:
-        self.mixture = mixture
-        s = mixture.stds
-        self.isotropic = bool((s == s[:, :1]).all())
-        self.means = mixture.means  # (K, d)
-        self.var = s[:, 0] ** 2  # (K,)
-        self.shared_var = bool((self.var == self.var[0]).all())
-        self.half_sq_means = 0.5 * (self.means**2).sum(1)  # (K,)
-        self.log_w = torch.log(mixture.weights)  # (K,)
-        self.uniform = bool((mixture.weights == mixture.weights[0]).all())
-        self.dim = mixture.dim
-
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """x: (B, d) float64, sigma: (B,) float64 -> D⋆(x, σ): (B, d)."""
-        if not self.isotropic:
-            return self.mixture.denoise(x, sigma)
-        means = self.means.to(x.device)
-        sig2 = (sigma**2)[:, None]  # (B, 1)
-        # x·m_k − ‖m_k‖²/2 in one fused product, shape (B, K).
-        logits = torch.addmm(-self.half_sq_means.to(x.device)[None, :], x, means.T)
-        if self.shared_var:
-            v = self.var[0].to(x.device) + sig2  # (B, 1)
-            logits.div_(v)
-            if not self.uniform:
-                logits.add_(self.log_w.to(x.device)[None, :])
-            r = torch.softmax(logits, dim=1)
-            shrink = self.var[0].to(x.device) / v  # s²/(s² + σ²), (B, 1)
-            return (1.0 - shrink) * (r @ means) + shrink * x
-        v = self.var.to(x.device)[None, :] + sig2  # (B, K)
-        half_sq_x = 0.5 * (x * x).sum(1, keepdim=True)
-        logits = (logits - half_sq_x) / v + self.log_w.to(x.device)[None, :] - 0.5 * self.dim * torch.log(v)
-        r = torch.softmax(logits, dim=1)
-        shrink = self.var.to(x.device)[None, :] / v  # s_k²/(s_k² + σ²)
-        return (r * (1.0 - shrink)) @ means + x * (r * shrink).sum(1, keepdim=True)
-
-
 def exact_consistency_map(
     mixture: GaussianMixture,
     x: Tensor,
@@ -196,7 +149,7 @@ def exact_consistency_map(
     tol: ODETolerance = ODETolerance(),
 ) -> Tensor:
     """f⋆ for a Gaussian mixture (or the empirical distribution of a data set): x (B, *D), σ (B,) -> (B, *D)."""
-    return consistency_map(MixtureDenoiser(mixture), x, sigma, sigma_min, tol)
+    return consistency_map(mixture.denoise, x, sigma, sigma_min, tol)
 
 
 def gaussian_consistency_map(x: Tensor, sigma: Tensor | float, mean: Tensor | float, std: float, sigma_min: float = 0.002) -> Tensor:

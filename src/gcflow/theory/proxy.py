@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from gcflow.networks.mlp import ToyMLP
 from gcflow.pairs.coupling import ot_assignment
-from gcflow.theory.exact_map import MixtureDenoiser
 from gcflow.toy.mixture import GaussianMixture
 
 # sample_data(n, generator) -> (n, d) float64 data points.
@@ -95,7 +94,7 @@ class DiscrepancyCurve:
 
 def exact_ic_discrepancy(mixture: GaussianMixture, sigmas: list[float], n: int, generator: torch.Generator) -> DiscrepancyCurve:
     """R̃_σ for IC with the exact velocity: mean over n draws of ‖z − v_σ(x⋆ + σ z)‖², per σ."""
-    den = MixtureDenoiser(mixture)
+    den = mixture.denoise
     vals, errs = [], []
     for sigma in sigmas:
         x0 = mixture.sample(n, generator)

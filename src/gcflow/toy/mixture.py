@@ -12,6 +12,7 @@ Everything is written with matrix products so memory is O(B·K), not O(B·K·d).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -88,7 +89,7 @@ class GaussianMixture:
     def responsibilities(self, x: Tensor, sigma: Tensor) -> Tensor:
         """Posterior p(k | x_σ = x), shape (B, K); x: (B, d), sigma: (B,)."""
         x, sigma = self._check(x, sigma)
-        return torch.softmax(self._log_joint(x, sigma), dim=1)
+        return torch.softmax(self._logits(x, sigma), dim=1)
 
     def _check(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.as_tensor(x).reshape(x.shape[0], -1).to(torch.float64)
@@ -101,32 +102,56 @@ class GaussianMixture:
             raise ValueError("the denoiser needs sigma > 0")
         return x, sigma
 
+    # Structure of the mixture, computed once: the denoiser runs hundreds of times per exact-map solve.
+    @functools.cached_property
     def _isotropic(self) -> bool:
-        s = self.stds
-        return bool((s == s[:, :1]).all())
+        return bool((self.stds == self.stds[:, :1]).all())
 
-    def _log_joint(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """log w_k + log N(x; m_k, diag(s_k² + σ²)), shape (B, K)."""
-        m, s2, s2b = self.means.to(x.device), self.stds.to(x.device) ** 2, sigma[:, None] ** 2
+    @functools.cached_property
+    def _shared_variance(self) -> bool:
+        return self._isotropic and bool((self.stds == self.stds[0, 0]).all())
+
+    @functools.cached_property
+    def _uniform_weights(self) -> bool:
+        return bool((self.weights == self.weights[0]).all())
+
+    @functools.cached_property
+    def _half_sq_means(self) -> Tensor:
+        return 0.5 * (self.means * self.means).sum(1)
+
+    def _logits(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """log w_k + log N(x; m_k, diag(s_k² + σ²)) up to terms constant in k, shape (B, K).
+
+        The isotropic case is one fused (B, d)·(d, K) product: ‖x‖² is the same for every k and
+        cancels in the softmax; with one variance shared by all components (every toy, every
+        empirical data set) so do the normalisers, and with uniform weights so does log w.
+        """
+        m, s2 = self.means.to(x.device), self.stds.to(x.device) ** 2
         logw = torch.log(self.weights.to(x.device))
-        if self._isotropic():
-            v = s2[:, 0][None, :] + s2b  # (B, K)
-            sq = (x * x).sum(1, keepdim=True) - 2 * x @ m.T + (m * m).sum(1)[None, :]
-            return logw[None, :] - 0.5 * sq.clamp_min(0) / v - 0.5 * self.dim * torch.log(2 * math.pi * v)
-        # General diagonal case: per-(B, K) loops over the K axis in chunks of dims via einsum.
-        v = s2[None, :, :] + s2b[:, :, None]  # (B, K, d) — only for non-isotropic mixtures (small K·d)
-        diff = x[:, None, :] - m[None, :, :]
-        return logw[None, :] - 0.5 * (diff * diff / v).sum(-1) - 0.5 * torch.log(2 * math.pi * v).sum(-1)
+        if not self._isotropic:
+            # General diagonal case: (B, K, d) memory — only for non-isotropic mixtures (small K·d).
+            v = s2[None, :, :] + sigma[:, None, None] ** 2
+            diff = x[:, None, :] - m[None, :, :]
+            return logw[None, :] - 0.5 * (diff * diff / v).sum(-1) - 0.5 * torch.log(2 * math.pi * v).sum(-1)
+        logits = torch.addmm(-self._half_sq_means.to(x.device)[None, :], x, m.T)  # x·m_k − ‖m_k‖²/2
+        if self._shared_variance:
+            logits.div_(s2[0, 0] + sigma[:, None] ** 2)
+            return logits if self._uniform_weights else logits.add_(logw[None, :])
+        v = s2[:, 0][None, :] + sigma[:, None] ** 2  # (B, K)
+        return (logits - 0.5 * (x * x).sum(1, keepdim=True)) / v + logw[None, :] - 0.5 * self.dim * torch.log(v)
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         """Ideal denoiser D⋆(x, σ) = E[x⋆ | x_σ = x]; x: (B, *D), sigma: (B,) or scalar -> (B, *D) float64."""
         shape = x.shape
         xf, sig = self._check(x, sigma)
-        r = torch.softmax(self._log_joint(xf, sig), dim=1)  # (B, K)
+        r = torch.softmax(self._logits(xf, sig), dim=1)  # (B, K)
         m, s2, sb2 = self.means.to(xf.device), self.stds.to(xf.device) ** 2, sig[:, None] ** 2
-        if self._isotropic():
-            v = s2[:, 0][None, :] + sb2  # (B, K)
-            out = (r * sb2 / v) @ m + xf * (r * s2[:, 0][None, :] / v).sum(1, keepdim=True)
+        if self._shared_variance:
+            shrink = s2[0, 0] / (s2[0, 0] + sb2)  # s²/(s² + σ²), (B, 1)
+            out = (1.0 - shrink) * (r @ m) + shrink * xf
+        elif self._isotropic:
+            shrink = s2[:, 0][None, :] / (s2[:, 0][None, :] + sb2)  # s_k²/(s_k² + σ²), (B, K)
+            out = (r * (1.0 - shrink)) @ m + xf * (r * shrink).sum(1, keepdim=True)
         else:
             v = s2[None] + sb2[:, :, None]  # (B, K, d)
             out = (r[:, :, None] * (m[None] * sb2[:, :, None] / v + xf[:, None, :] * s2[None] / v)).sum(1)
