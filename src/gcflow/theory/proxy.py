@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from gcflow.networks.mlp import ToyMLP
-from gcflow.pairs.coupling import ot_assignment
+from gcflow.pairs.coupling import minibatch_ot_coupling
+from gcflow.pairs.gc import generator_augment
 from gcflow.toy.mixture import GaussianMixture
 
 # sample_data(n, generator) -> (n, d) float64 data points.
@@ -57,7 +58,7 @@ def minibatch_ot_pairs(sample_data: DataSampler, dim: int, batch: int) -> Coupli
             x0 = sample_data(batch, g).to(torch.float64)
             z = torch.randn(batch, dim, generator=g, dtype=torch.float64)
             ends.append(x0)
-            zs.append(z[ot_assignment(x0, z)])
+            zs.append(minibatch_ot_coupling(x0, z))
         return torch.cat(ends)[:n], torch.cat(zs)[:n]
 
     return draw
@@ -70,9 +71,7 @@ def generator_pairs(sample_data: DataSampler, dim: int, predictor: PointFn) -> C
         x0 = sample_data(n, g).to(torch.float64)
         z = torch.randn(n, dim, generator=g, dtype=torch.float64)
         s = torch.full((n,), float(sigma), dtype=torch.float64)
-        with torch.no_grad():
-            x_hat = predictor(x0 + sigma * z, s).to(torch.float64)
-        return x_hat, z
+        return generator_augment(x0, z, s, predictor, torch.ones(n, dtype=torch.bool)), z
 
     return draw
 
@@ -94,15 +93,12 @@ class DiscrepancyCurve:
 
 def exact_ic_discrepancy(mixture: GaussianMixture, sigmas: list[float], n: int, generator: torch.Generator) -> DiscrepancyCurve:
     """R̃_σ for IC with the exact velocity: mean over n draws of ‖z − v_σ(x⋆ + σ z)‖², per σ."""
-    den = mixture.denoise
     vals, errs = [], []
     for sigma in sigmas:
         x0 = mixture.sample(n, generator)
         z = torch.randn(n, mixture.dim, generator=generator, dtype=torch.float64)
         s = torch.full((n,), float(sigma), dtype=torch.float64)
-        x = x0 + sigma * z
-        v = (x - den(x, s)) / sigma
-        per = (z - v).pow(2).sum(1)
+        per = (z - mixture.velocity(x0 + sigma * z, s)).pow(2).sum(1)
         vals.append(float(per.mean()))
         errs.append(float(per.std() / math.sqrt(n)))
     return DiscrepancyCurve(list(map(float, sigmas)), vals, errs)

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from gcflow.pairs.coupling import ot_assignment
+from gcflow.pairs.coupling import minibatch_ot_coupling
 
 PointFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -50,7 +50,7 @@ def minibatch_ot_cost(x0: Tensor, z: Tensor, batch: int) -> CostEstimate:
     means = []
     for lo in range(0, n, batch):
         a, b = x0[lo : lo + batch], z[lo : lo + batch]
-        means.append(float((a - b[ot_assignment(a, b)]).pow(2).sum(1).mean()))
+        means.append(float((a - minibatch_ot_coupling(a, b)).pow(2).sum(1).mean()))
     t = torch.tensor(means, dtype=torch.float64)
     err = float(t.std() / math.sqrt(len(means))) if len(means) > 1 else float("nan")
     return CostEstimate(float(t.mean()), err)
