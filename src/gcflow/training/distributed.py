@@ -97,11 +97,15 @@ class World:
         dist.all_reduce(t)
         return float(t.item()) / self.size
 
-    def check_identical(self, fingerprint: torch.Tensor, what: str) -> None:
-        """Raise DistributedError unless `fingerprint` (a CPU vector) is bit-identical on every process."""
+    def check_identical(self, fingerprint: Callable[[], torch.Tensor], what: str) -> None:
+        """Raise DistributedError unless `fingerprint()` (a CPU vector) is bit-identical on every process.
+
+        The fingerprint is a callable so that a world of one never pays for computing it.
+        """
         if not self.distributed:
             return
-        hi, lo = fingerprint.to(torch.float64).clone(), fingerprint.to(torch.float64).clone()
+        value = fingerprint().to(torch.float64)
+        hi, lo = value.clone(), value.clone()
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
         dist.all_reduce(lo, op=dist.ReduceOp.MIN)
         if not torch.equal(hi, lo):

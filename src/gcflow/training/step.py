@@ -41,6 +41,7 @@ from gcflow.ema import ema_update
 from gcflow.loss import consistency_loss
 from gcflow.pairs import PairRecipe, build_pairs
 from gcflow.pairs.coupling import ot_assignment
+from gcflow.pairs.gc import select_gc
 from gcflow.pairs.types import PointFn
 from gcflow.randomness import step_generator, stream_seed
 from gcflow.sigmas import ict_num_scales, sample_noise_levels
@@ -100,8 +101,7 @@ def draw_inputs(cfg: Config, source: Any, step: int, device: torch.device, world
     z = torch.randn((t.batch_size, *x0.shape[1:]), generator=step_generator(t.seed, step, "noise", device), device=device)[lo : lo + b]
     gc_mask = None
     if m.gc_mu > 0:
-        u = torch.rand(t.batch_size, generator=step_generator(t.seed, step, "gc"))
-        gc_mask = (u < m.gc_mu)[lo : lo + b]
+        gc_mask = select_gc(t.batch_size, m.gc_mu, step_generator(t.seed, step, "gc"))[lo : lo + b]  # stays on the host
     if channels_last and x0.ndim == 4:
         x0, z = x0.contiguous(memory_format=torch.channels_last), z.contiguous(memory_format=torch.channels_last)
     dropout = SharedDropout(stream_seed(t.seed, step, "dropout", world.rank), device)

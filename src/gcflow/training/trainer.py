@@ -296,8 +296,7 @@ def _train_locked(cfg: Config, run_dir: Path, world: distributed.World, *, resum
         # Every process: the loss window (a mean over processes) and a check that the weights and
         # the EMA are still identical everywhere; then rank 0 writes the file.
         window = [world.mean(float(loss_sum.item())), loss_count]  # the running mean since the last evaluation
-        if world.distributed:
-            world.check_identical(_fingerprint(model, ema), "model and EMA weights")
+        world.check_identical(lambda: _fingerprint(model, ema), "model and EMA weights")
 
         def write() -> None:
             tensors, opt_meta = _state_tensors(model, ema, opt)
