@@ -8,15 +8,13 @@ one forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
+from gcflow.pairs.types import PointFn
 from gcflow.theory.exact_map import ODETolerance, exact_consistency_map
 from gcflow.toy.mixture import GaussianMixture
-
-PointFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,13 @@ from torch import Tensor, nn
 from gcflow.networks.mlp import ToyMLP
 from gcflow.pairs.coupling import minibatch_ot_coupling
 from gcflow.pairs.gc import generator_augment
+from gcflow.pairs.types import PointFn
 from gcflow.toy.mixture import GaussianMixture
 
 # sample_data(n, generator) -> (n, d) float64 data points.
 DataSampler = Callable[[int, torch.Generator], Tensor]
 # coupling(σ, n, generator) -> (end (n, d), z (n, d)): n pairs of that coupling at level σ.
 CouplingSampler = Callable[[float, int, torch.Generator], tuple[Tensor, Tensor]]
-# f(x (B, d), σ (B,)) -> (B, d).
-PointFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def independent_pairs(sample_data: DataSampler, dim: int) -> CouplingSampler:

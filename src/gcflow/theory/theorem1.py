@@ -38,9 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from gcflow.distances import distance_exponent, l1_norm, pseudo_huber, pseudo_huber_c, squared_l2
+from gcflow.pairs.types import PointFn
 
-# f(x (B, d), σ (B,)) -> (B, d): the consistency function, float64.
-PointFn = Callable[[Tensor, Tensor], Tensor]
 Weighting = Callable[[Tensor], Tensor]
 
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from gcflow.pairs.coupling import minibatch_ot_coupling
-
-PointFn = Callable[[Tensor, Tensor], Tensor]
+from gcflow.pairs.types import PointFn
 
 
 @dataclass
