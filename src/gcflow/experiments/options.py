@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import field
 from typing import Any
 
 from gcflow.training.config import ConfigError, parse_value
-
-
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a help string (lists become tuples)."""
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+from gcflow.training.config import option as opt  # the trainer's field helper: help text, lists as tuples
 
 
 @dataclasses.dataclass

@@ -18,10 +18,14 @@ class ConfigError(ValueError):
     """A bad configuration value or key; the message is one line naming the problem and the fix."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help string (shown by --help) and any further metadata; lists become tuples."""
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+_f = option  # short name for the many fields below
 
 
 @dataclass
