@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gcflow.experiments.report import cell, claims_table, figure_lines
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # (folder name, experiment, overrides); the folder name is also the figure prefix.
@@ -62,10 +64,6 @@ def gather(base: Path, docs: Path, results_json: Path) -> None:
     (docs / "theory.md").write_text(render(studies))
 
 
-def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
 def render(studies: list[dict]) -> str:
     lines = [
         "# The paper's theory, measured",
@@ -78,14 +76,13 @@ def render(studies: list[dict]) -> str:
         "",
     ]
     for s in studies:
-        lines += [f"## {s['title']}", "", f"Command: `{s['command']}` ({s['seconds']:.0f} s).", "",
-                  "| claim | measured | verdict |", "|---|---|---|"]
-        lines += [f"| {_cell(c['claim'])} | {_cell(c['measured'])} | **{c['verdict']}** |" for c in s["claims"]]
+        lines += [f"## {s['title']}", "", f"Command: `{s['command']}` ({s['seconds']:.0f} s).", ""]
+        lines += claims_table((c["claim"], c["measured"], c["verdict"]) for c in s["claims"])
         lines.append("")
         for fig in s["figures"]:
-            lines += [f"![{_cell(fig['caption'])}]({fig['file']})", "", f"*{_cell(fig['caption'])}*", ""]
+            lines += figure_lines(fig["file"], fig["caption"])
         if s["notes"]:
-            lines += ["Notes:", ""] + [f"* {_cell(n)}" for n in s["notes"]] + [""]
+            lines += ["Notes:", ""] + [f"* {cell(n)}" for n in s["notes"]] + [""]
     return "\n".join(lines)
 
 

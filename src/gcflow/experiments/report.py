@@ -11,7 +11,7 @@ import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -106,18 +106,28 @@ def write_report(out: Path, name: str, command: str, options: dict[str, Any], re
     }
     (out / "results.json").write_text(json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
     lines = [f"# {report.title}", "", report.summary, "", f"Command: `{command}`  ", f"Run time: {seconds:.0f} s on {torch.get_num_threads()} CPU thread(s).", ""]
-    lines += ["## Claims and measurements", "", "| claim | measured | verdict |", "|---|---|---|"]
-    for c in report.claims:
-        lines.append(f"| {_cell(c.claim)} | {_cell(c.measured)} | **{c.verdict}** |")
+    lines += ["## Claims and measurements", ""] + claims_table((c.claim, c.measured, c.verdict) for c in report.claims)
     if report.figures:
         lines += ["", "## Figures", ""]
         for fname, caption in report.figures.items():
-            lines += [f"![{caption}]({fname})", "", f"*{caption}*", ""]
+            lines += figure_lines(fname, caption)
     if report.notes:
         lines += ["", "## Notes", ""] + [f"* {n}" for n in report.notes]
     lines += ["", "## Options", "", "```"] + [f"{k} = {v}" for k, v in options.items()] + ["```", ""]
     (out / "report.md").write_text("\n".join(lines))
 
 
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+def claims_table(claims: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Markdown lines of a `claim | measured | verdict` table from (claim, measured, verdict) triples."""
+    lines = ["| claim | measured | verdict |", "|---|---|---|"]
+    return lines + [f"| {cell(claim)} | {cell(measured)} | **{verdict}** |" for claim, measured, verdict in claims]
+
+
+def figure_lines(path: str, caption: str) -> list[str]:
+    """Markdown lines showing a figure with its caption below it."""
+    return [f"![{cell(caption)}]({path})", "", f"*{cell(caption)}*", ""]
+
+
+def cell(text: str) -> str:
+    """Text for one Markdown table cell or line: whitespace collapsed, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
