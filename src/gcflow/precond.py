@@ -1,6 +1,9 @@
-"""Consistency preconditioning (method spec §2): f_θ(x, σ) = c_skip x + c_out F_θ(c_in x, c_noise).
+"""Preconditioning: f(x, σ) = c_skip x + c_out F(c_in x, c_noise), for consistency models and denoisers.
 
-The boundary condition f_θ(x, σ_min) = x holds by construction: c_skip(σ_min) = 1, c_out(σ_min) = 0.
+* `consistency_scalings` (method spec §2): the boundary condition f_θ(x, σ_min) = x holds by
+  construction, c_skip(σ_min) = 1 and c_out(σ_min) = 0.
+* `edm_scalings` (EDM, Karras et al. 2022, Table 1): the denoiser D(x, σ) ≈ E[x⋆ | x_σ = x]; with
+  EDM's loss weight λ(σ) = 1 / c_out², the network's regression target has unit variance.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ def consistency_scalings(sigma: Tensor, sigma_data: float = 0.5, sigma_min: floa
     sd2 = sigma_data**2
     c_skip = sd2 / ((sigma - sigma_min) ** 2 + sd2)
     c_out = sigma_data * (sigma - sigma_min) / torch.sqrt(sd2 + sigma**2)
+    c_in = 1.0 / torch.sqrt(sd2 + sigma**2)
+    c_noise = torch.log(sigma) / 4.0
+    return Scalings(c_skip, c_out, c_in, c_noise)
+
+
+def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> Scalings:
+    """EDM's denoiser coefficients for per-sample noise levels `sigma` of shape (B,)."""
+    sd2 = sigma_data**2
+    c_skip = sd2 / (sigma**2 + sd2)
+    c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sd2)
     c_in = 1.0 / torch.sqrt(sd2 + sigma**2)
     c_noise = torch.log(sigma) / 4.0
     return Scalings(c_skip, c_out, c_in, c_noise)

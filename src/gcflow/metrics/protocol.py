@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gcflow.files import atomic_write, atomic_write_bytes
 from gcflow.metrics.frechet import feature_stats, frechet_distance, inception_score, kid
 
 
@@ -135,18 +135,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_reference_stats(path: str | os.PathLike, stats: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write `stats` to `path` (.npz, no pickles) and the verified sidecar `<path>.json`.
 
@@ -172,8 +160,9 @@ def save_reference_stats(path: str | os.PathLike, stats: dict[str, np.ndarray], 
         },
     }
     text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
-    _atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
-    _atomic_write_bytes(sidecar_path(path), lambda f: f.write(text.encode()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write_bytes(sidecar_path(path), text.encode())
 
 
 def read_reference_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from gcflow.files import SLOW_WRITE_ENV, atomic_write_bytes  # noqa: F401  (re-exported)
+
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.safetensors$")
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 FORMAT_VERSION = 1
-SLOW_WRITE_ENV = "GCFLOW_TEST_SLOW_CHECKPOINT"
 # First bytes of files gcflow refuses to interpret: a pickle (protocol >= 2) and a zip (torch.save).
 _PICKLE_MAGIC, _ZIP_MAGIC = b"\x80", b"PK\x03\x04"
 
@@ -72,34 +72,6 @@ def meta_checksum(doc: dict[str, Any]) -> str:
     """SHA-256 of the JSON metadata (sorted keys), leaving out the `meta_checksum` field itself."""
     body = {k: v for k, v in doc.items() if k != "meta_checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _test_pause()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _test_pause() -> None:
-    """The crash-safety test hook (see the module docstring); a no-op unless GCFLOW_TEST_SLOW_CHECKPOINT is set."""
-    delay = os.environ.get(SLOW_WRITE_ENV)
-    if delay:
-        time.sleep(float(delay))
 
 
 def _pid_alive(pid: int) -> bool:
