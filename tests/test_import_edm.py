@@ -165,14 +165,15 @@ def _tensors(node, prefix=""):
     return out
 
 
-def _snapshot(monkeypatch, marker_dir: Path, label_dim=0, seed=0):
+def _snapshot(monkeypatch, marker_dir: Path, label_dim=0, seed=0, precond_class="EDMPrecond"):
     """(pickle bytes, EDM tensors under model.) for an EDM-like snapshot whose code would write markers."""
     _fake_persistence(monkeypatch)
     MODULE_SRC[0] = f"open({str(marker_dir / 'persistence-source-ran')!r}, 'w').write('x')\nclass SongUNet: pass\n"
     model = _edm_songunet(CFG, label_dim, torch.Generator().manual_seed(seed))
-    precond = Node("EDMPrecond", modules={"model": model}, attrs={"sigma_data": 0.5},
-                   init_kwargs=dict(img_resolution=8, img_channels=3, label_dim=label_dim, sigma_data=0.5,
-                                    model_type="SongUNet"))
+    precond = Node(precond_class, modules={"model": model}, attrs={"sigma_data": 0.5},
+                   init_kwargs={"img_resolution": 8, "img_channels": 3, "label_dim": label_dim, "sigma_data": 0.5,
+                                "sigma_max": float("inf"), "model_type": "SongUNet",
+                                **({"sigma_min": 0.003} if precond_class == "ECMPrecond" else {})})
     loss = Node("EDMLoss", attrs={"P_mean": -1.2, "P_std": 1.2, "sigma_data": 0.5})
     data = {"ema": precond, "loss_fn": loss,
             "augment_pipe": ExecPayload(f"open({str(marker_dir / 'exec-ran')!r}, 'w').write('x')"),
@@ -258,7 +259,7 @@ def test_import_reproduces_edm_weights_and_outputs_without_executing(monkeypatch
     assert not list(tmp_path.iterdir()), "nothing from the file may run"
     assert meta["network"]["noise_label_scale"] == 1.0 and meta["network"]["num_classes"] == label_dim
     assert meta["precond"] == {"kind": "edm", "class": "EDMPrecond", "sigma_data": 0.5, "sigma_min": 0.0,
-                               "sigma_max": float("inf")}
+                               "sigma_max": None}
     # Same weights: renamed layers explicitly, the rest by identical names; nothing but map_augment lost.
     assert torch.equal(tensors["enc_in.weight"], edm["enc.8x8_conv.weight"])
     assert torch.equal(tensors["out_conv.bias"], edm["dec.8x8_aux_conv.bias"])
@@ -345,3 +346,19 @@ def test_read_network_rejects_other_denoisers(monkeypatch, tmp_path):
     bad = pickle.dumps({"ema": Node("VPPrecond", modules={"model": Node("SongUNet")})})
     with pytest.raises(EDMPickleError, match="only EDMPrecond"):
         read_edm_network(bad)
+
+
+def test_ect_network_loads_as_consistency_model(monkeypatch, tmp_path):
+    """ECT's ECMPrecond evaluates as f(x, σ) with σ_min = 0.003: it comes back as a ConsistencyModel."""
+    from gcflow.precond import ConsistencyModel
+    from gcflow.teacher.import_edm import write_teacher
+
+    data, _ = _snapshot(monkeypatch, tmp_path, precond_class="ECMPrecond")
+    tensors, meta = import_edm_bytes(data)
+    assert meta["precond"]["kind"] == "consistency" and meta["precond"]["sigma_min"] == 0.003
+    out = tmp_path / "ect.safetensors"
+    write_teacher(out, tensors, meta)
+    model = load_teacher(out)
+    assert isinstance(model, ConsistencyModel) and model.sigma_min == 0.003
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(model(x, torch.full((2,), 0.003)), x)  # boundary condition

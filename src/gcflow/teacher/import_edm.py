@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return repr(value)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """A JSON-safe noise level: EDM's default sigma_max = inf (and absent values) become null."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def read_edm_network(data: bytes, key: str = "ema") -> EDMNetwork:
@@ -178,7 +184,7 @@ def import_edm_bytes(data: bytes, source: str = "") -> tuple[dict[str, Tensor], 
         "format": FORMAT,
         "network": config,
         "precond": {"kind": PRECOND_KINDS[edm.precond], "class": edm.precond, "sigma_data": float(pk.get("sigma_data", 0.5)),
-                    "sigma_min": float(pk.get("sigma_min", 0.0)), "sigma_max": float(pk.get("sigma_max", float("inf")))},
+                    "sigma_min": float(pk.get("sigma_min", 0.0)), "sigma_max": _finite_or_none(pk.get("sigma_max"))},
         "source": {"file": source, "sha256": hashlib.sha256(data).hexdigest(), "edm_model_kwargs": edm.model_kwargs},
     }
     return tensors, meta
@@ -190,7 +196,7 @@ def write_teacher(out: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -
 
     from gcflow.files import atomic_write_bytes, atomic_write_text
 
-    text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=True)
+    text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
     atomic_write_bytes(out, st_save(tensors, metadata={"gcflow": text}))
     side = out.with_suffix(".json")
     atomic_write_text(side, text + "\n")
