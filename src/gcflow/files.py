@@ -18,7 +18,8 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 
 class SymlinkError(OSError):

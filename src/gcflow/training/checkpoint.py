@@ -38,7 +38,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from gcflow.files import atomic_write_bytes, open_regular_nofollow  # noqa: F401  (atomic_write_bytes re-exported)
+from gcflow.files import atomic_write_bytes, open_regular_nofollow
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.safetensors$")
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")

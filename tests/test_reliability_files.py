@@ -1,0 +1,221 @@
+"""Reliability, round two (issue 12): no user file is ever lost or written through a link.
+
+Run folders: `--overwrite` replaces only gcflow runs (item 1), run files are never opened through
+symlinks (item 3), metrics.jsonl is rewritten atomically on resume (item 4), default run folders
+are unique even for jobs started in the same second (item 12); the atomic writer has no test hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+import gcflow
+from gcflow.cli import main
+from gcflow.files import SymlinkError, atomic_write_text, temp_path
+from gcflow.training import run_dir as rd
+from gcflow.training.config import apply_overrides
+from gcflow.training.presets import load_preset
+from gcflow.training.trainer import train
+
+TINY = ["train.steps=4", "train.batch_size=16", "train.eval_samples=50", "train.checkpoint_every=2",
+        "network.width=8", "network.depth=1", "train.device=cpu", "train.eval_every=2"]
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("gcflow: error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    return train(apply_overrides(load_preset("toy-ic"), TINY), tmp_path_factory.mktemp("files") / "run",
+                 progress=False, log=lambda *_: None).run_dir
+
+
+# --- Item 1: --overwrite only replaces gcflow runs -----------------------------------------------
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "thesis.tex").write_text("keep")
+    assert main(["train", "--no-progress", "--out", str(d), "--overwrite", *TINY]) == 2
+    line = _one_error_line(capsys)
+    assert f"refusing to --overwrite {d}" in line and "thesis.tex" in line, line
+    assert (d / "thesis.tex").read_text() == "keep" and sorted(p.name for p in d.iterdir()) == ["thesis.tex"]
+
+
+def test_overwrite_of_the_current_directory_is_refused_unless_it_is_a_run(tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("keep")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(rd.RunDirError, match="not a gcflow run folder"):
+        rd.prepare_run_dir(Path(""), resume=False, overwrite=True)  # Path("") is the current directory
+    with pytest.raises(rd.RunDirError, match="empty run folder path"):
+        rd.prepare_run_dir("", resume=False, overwrite=True)  # type: ignore[arg-type]
+    assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
+def test_empty_out_path_is_an_argparse_error():
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="empty --out"):
+        rd.out_path("")
+    assert rd.out_path("runs/x") == Path("runs/x")
+
+
+def test_overwrite_replaces_runs_experiments_and_empty_folders(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    assert rd.is_run_dir(run)
+    assert rd.prepare_run_dir(run, resume=False, overwrite=True) == run and list(run.iterdir()) == []
+    # A run killed before its config.json: only files gcflow writes.
+    (run / "metrics.jsonl").write_text("")
+    assert rd.is_run_dir(run)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "results.json").write_text(json.dumps({"experiment": "theorem1"}))
+    (exp / "report.md").write_text("# report")
+    shutil.copytree(finished, exp / "sub")
+    assert rd.is_run_dir(exp)
+    # Not runs: a config.json that is not a gcflow config, a user's file beside a run's files.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model": {"layers": 3}}))
+    assert not rd.is_run_dir(other)
+    (run / "paper.pdf.bak").write_text("x")
+    assert not rd.is_run_dir(run)
+
+
+# --- Item 3: no write through symlinks ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", [".lock", ".write-test", "metrics.jsonl", "config.json", "summary.json"])
+def test_symlinked_run_files_are_refused_and_the_target_untouched(tmp_path, capsys, entry):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    (plant / entry).symlink_to("../victim.txt")
+    code = main(["train", "--no-progress", "--out", str(plant), *TINY])
+    assert code == 2
+    line = _one_error_line(capsys)
+    assert "symbolic link" in line or "already exists" in line, line
+    assert victim.read_text() == "precious"
+
+
+def test_symlinked_checkpoint_is_refused_on_resume(finished, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    newest = sorted((run / "checkpoints").iterdir())[-1]
+    newest.unlink()
+    newest.symlink_to("/dev/zero")
+    assert main(["train", "--no-progress", "--resume", str(run)]) == 2
+    assert "symbolic link" in _one_error_line(capsys)
+
+
+def test_atomic_writer_never_writes_through_a_planted_temp_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    target = tmp_path / "out.json"
+    temp_path(target).symlink_to(victim)  # the writer's own temporary name, planted in advance
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and not target.is_symlink() and victim.read_text() == "precious"
+    # A link at the target itself is replaced, never followed.
+    target.unlink()
+    target.symlink_to(victim)
+    atomic_write_text(target, "newer")
+    assert victim.read_text() == "precious" and target.read_text() == "newer" and not target.is_symlink()
+
+
+def test_metrics_append_refuses_a_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(SymlinkError):
+        rd.append_metrics(tmp_path / "metrics.jsonl", {"step": 1})
+    with pytest.raises(SymlinkError):
+        rd.truncate_metrics(tmp_path / "metrics.jsonl", 1)
+    assert victim.read_text() == "precious"
+
+
+def test_the_atomic_writer_has_no_test_hook():
+    source = (Path(gcflow.__file__).parent / "files.py").read_text()
+    assert "environ" not in source and "sleep" not in source
+
+
+# --- Item 4: metrics.jsonl is rewritten atomically -----------------------------------------------
+
+
+def test_truncate_metrics_keeps_earlier_records_and_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": s / 10}) for s in (10, 20, 30)]
+    path.write_text("\n".join(lines) + "\n" + '{"step": 4')  # the last line torn by a crash
+    rd.truncate_metrics(path, 20)
+    assert path.read_text() == "\n".join(lines[:2]) + "\n"
+
+    # A kill (here: an exception) at the rename leaves the old history complete, not truncated.
+    path.write_text("\n".join(lines) + "\n")
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rd.truncate_metrics(path, 10)
+    assert path.read_text() == "\n".join(lines) + "\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+# --- Item 12: unique default run folders ---------------------------------------------------------
+
+
+def test_default_run_dir_names_show_preset_and_changed_overrides(tmp_path):
+    path = rd.default_run_dir(tmp_path, "toy-gc", ["method.gc_mu=0.3", "train.seed=1", "train.device=cpu"])
+    name = path.name
+    assert path.is_dir() and list(path.iterdir()) == []
+    assert name.startswith("toy-gc-mu0.3-seed1-devicecpu-2"), name
+    stamp, suffix = name.rsplit("-", 3)[1:3], name.rsplit("-", 1)[1]
+    assert len(stamp[0]) == 8 and len(stamp[1]) == 6 and len(suffix) == 4 and int(suffix, 16) >= 0
+    default_mu = load_preset("toy-gc").method.gc_mu
+    assert "mu" not in rd.overrides_tag("toy-gc", [f"method.gc_mu={default_mu}"])  # a no-op override is not shown
+
+
+def test_default_run_dirs_of_jobs_started_in_the_same_second_are_distinct(tmp_path, monkeypatch):
+    # Force collisions: the first two draws of every job give the same suffix.
+    draws = iter(["a3f9", "a3f9", "a3f9"] + [f"{i:04x}" for i in range(100)])
+    lock = threading.Lock()
+
+    def token_hex(_n):
+        with lock:
+            return next(draws)
+
+    monkeypatch.setattr(rd.secrets, "token_hex", token_hex)
+    monkeypatch.setattr(rd.time, "strftime", lambda _fmt: "20261130-101500")
+    got: list[Path] = []
+    jobs = [threading.Thread(target=lambda: got.append(rd.default_run_dir(tmp_path, "toy-gc", []))) for _ in range(4)]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join()
+    assert len(set(got)) == 4 and all(p.is_dir() for p in got)
+
+
+def test_concurrent_processes_get_distinct_default_folders(tmp_path):
+    code = "import sys; from pathlib import Path; from gcflow.training.run_dir import default_run_dir; " \
+           "print(default_run_dir(Path(sys.argv[1]), 'toy-gc', []))"
+    env = dict(os.environ, PYTHONPATH=str(Path(gcflow.__file__).parents[1]))
+    procs = [subprocess.Popen([os.sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(4)]
+    outs = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert len(outs) == 4 and all(Path(o).is_dir() for o in outs)
