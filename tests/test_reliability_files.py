@@ -112,18 +112,6 @@ def test_symlinked_run_files_are_refused_and_the_target_untouched(tmp_path, caps
     assert victim.read_text() == "precious"
 
 
-def test_symlinked_checkpoint_is_refused_on_resume(finished, tmp_path, capsys):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    newest = sorted((run / "checkpoints").iterdir())[-1]
-    newest.unlink()
-    newest.symlink_to("/dev/zero")
-    assert main(["train", "--no-progress", "--resume", str(run)]) == 2
-    assert "symbolic link" in _one_error_line(capsys)
-
-
 def test_atomic_writer_never_writes_through_a_planted_temp_link(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -219,3 +207,98 @@ def test_concurrent_processes_get_distinct_default_folders(tmp_path):
              for _ in range(4)]
     outs = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert len(outs) == 4 and all(Path(o).is_dir() for o in outs)
+
+
+# --- Item 8: checkpoints from elsewhere are validated, not trusted -------------------------------
+
+
+def _forge(src: Path, dst: Path, edit=None, tensors=None, text: str | None = None, checksum: bool = True) -> Path:
+    """Rewrite checkpoint `src` to `dst` with its metadata edited by `edit(meta)` (or replaced by the
+    raw JSON `text`), recomputing both checksums so that only the schema can catch the forgery."""
+    from safetensors.torch import save as st_save
+
+    from gcflow.training import checkpoint as ckpt
+
+    chk = ckpt.load_checkpoint(src)
+    tensors = dict(chk.tensors if tensors is None else tensors)
+    meta = dict(chk.meta)
+    meta["checksum"] = ckpt.tensor_checksum(tensors)
+    if edit is not None:
+        edit(meta)
+    if text is None:
+        if checksum:
+            meta["meta_checksum"] = ckpt.meta_checksum(meta)
+        text = json.dumps(meta)
+    dst.write_bytes(st_save({k: v.contiguous() for k, v in tensors.items()}, metadata={"gcflow": text}))
+    return dst
+
+
+def _deep(meta: dict) -> str:
+    body = json.dumps(dict(meta, data="@DEEP@"))
+    return body.replace('"@DEEP@"', "[" * 100_000 + "]" * 100_000)
+
+
+FORGERIES = {
+    "missing data_shape": (lambda m: m.pop("data_shape"), "data_shape"),
+    "non-numeric step": (lambda m: m.update(step="ten"), "step must be an integer"),
+    "negative step": (lambda m: m.update(step=-5), "step must be an integer"),
+    "negative shape": (lambda m: m.update(data_shape=[-2]), "data_shape"),
+    "malformed optimizer": (lambda m: m.update(optimizer={"param_groups": "x"}), "optimizer"),
+    "malformed optimizer scalars": (lambda m: m["optimizer"].update(scalars={"a": 1}), "optimizer scalars"),
+    "malformed loss_window": (lambda m: m.update(loss_window=["a", None]), "loss_window"),
+    "malformed data state": (lambda m: m.update(data={"epoch": -1}), "data must be a loader state"),
+    "missing metadata checksum": (lambda m: m.pop("meta_checksum"), "no metadata checksum"),
+    "another format": (lambda m: m.update(format=2), "has format 2, this gcflow reads format 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(FORGERIES) + ["deep nesting", "nan weights", "link to /dev/zero", "fifo"])
+def test_unverifiable_checkpoints_fall_back_on_resume_and_fail_sample_in_one_line(finished, tmp_path, capsys, case):
+    import shutil
+
+    import torch
+
+    from gcflow.training import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    paths = ckpt.list_checkpoints(run / "checkpoints")
+    newest, older = paths[-1], paths[-2]
+    good = ckpt.load_checkpoint(older).meta["step"]
+    if case in FORGERIES:
+        edit, fragment = FORGERIES[case]
+        _forge(newest, newest, edit, checksum=case != "missing metadata checksum")
+    elif case == "deep nesting":
+        meta = ckpt.load_checkpoint(newest).meta
+        _forge(newest, newest, text=_deep(meta))
+        fragment = "levels deep, more than 64"
+    elif case == "nan weights":
+        tensors = dict(ckpt.load_checkpoint(newest).tensors)
+        name = next(k for k in tensors if k.startswith("ema.") and tensors[k].is_floating_point())
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+        _forge(newest, newest, tensors=tensors)
+        fragment = "non-finite values"
+    elif case == "link to /dev/zero":
+        newest.unlink()
+        newest.symlink_to("/dev/zero")
+        fragment = "symbolic link"
+    else:
+        newest.unlink()
+        os.mkfifo(newest)
+        fragment = "not a regular file"
+    with pytest.raises(ckpt.CheckpointError, match=fragment):
+        ckpt.load_checkpoint(newest)
+
+    # sample: one line, exit 2, no samples written.
+    assert main(["sample", str(newest), "--n", "4", "--out", str(tmp_path / "s")]) == 2
+    assert fragment in _one_error_line(capsys)
+    assert not (tmp_path / "s.npy").exists()
+
+    # resume: a warning naming it, then the previous good checkpoint.
+    warnings: list[str] = []
+    assert ckpt.load_latest_checkpoint(run / "checkpoints", warn=warnings.append).meta["step"] == good
+    assert len(warnings) == 1 and fragment in warnings[0] and "trying the previous checkpoint" in warnings[0]
+    assert main(["train", "--no-progress", "--resume", str(run)]) == 0
+    assert ckpt.load_latest_checkpoint(run / "checkpoints").meta["step"] == 4
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]

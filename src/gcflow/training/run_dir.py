@@ -180,12 +180,13 @@ def _read_json(path: Path) -> Any:
 
 
 def check_no_symlinks(path: Path) -> None:
-    """Raise a one-line RunDirError if a run file of folder `path` (or a checkpoint) is a symbolic link."""
+    """Raise a one-line RunDirError if a run file of folder `path` is a symbolic link.
+
+    (A symlinked checkpoint file is only ever read, and then refused as not verifiable by
+    gcflow.training.checkpoint, so resume falls back to an older one; it is never written through.)
+    """
     path = Path(path)
-    candidates = [path / name for name in RUN_FILES]
-    if (path / "checkpoints").is_dir() and not (path / "checkpoints").is_symlink():
-        candidates += list((path / "checkpoints").iterdir())
-    for p in candidates:
+    for p in (path / name for name in RUN_FILES):
         if p.is_symlink():
             raise RunDirError(f"{p} is a symbolic link; gcflow never writes run files through links, remove it")
 
