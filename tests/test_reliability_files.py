@@ -302,3 +302,103 @@ def test_unverifiable_checkpoints_fall_back_on_resume_and_fail_sample_in_one_lin
     assert ckpt.load_latest_checkpoint(run / "checkpoints").meta["step"] == 4
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
+
+
+# --- Items 5, 6, 9: evaluate and sample never clobber files; one-line errors -----------------------
+
+
+def test_evaluate_refuses_to_overwrite_its_output_or_a_run_file(finished, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    out.write_text("earlier results")
+    config_before = (finished / "config.json").read_bytes()
+    base = ["evaluate", str(finished), "--ref", str(tmp_path / "ref.npz"), "--num-samples", "10", "--draws", "1"]
+    assert main([*base, "--out", str(out)]) == 2
+    assert "already exists; pass --overwrite" in _one_error_line(capsys)
+    for target in ("config.json", "metrics.jsonl", "summary.json"):
+        assert main([*base, "--out", str(finished / target), "--overwrite"]) == 2
+        assert "would replace a run's own file" in _one_error_line(capsys)
+    assert out.read_text() == "earlier results" and (finished / "config.json").read_bytes() == config_before
+
+
+def test_evaluate_of_a_toy_run_is_one_line(finished, tmp_path, capsys):
+    argv = ["evaluate", str(finished), "--ref", str(tmp_path / "ref.npz"), "--out", str(tmp_path / "e.json")]
+    assert main(argv) == 2
+    assert "is a toy run" in _one_error_line(capsys)
+
+
+def test_a_missing_reference_file_is_named_as_such():
+    from gcflow.metrics.protocol import ReferenceStatsError, read_reference_meta
+
+    with pytest.raises(ReferenceStatsError, match="reference statistics file .*absent.npz not found") as info:
+        read_reference_meta("absent.npz")
+    assert "sidecar" not in str(info.value)
+
+
+@pytest.mark.parametrize("argv", [["evaluate"], ["evaluate", "run", "--ref"], ["fid-ref"], ["fid-ref", "digits", "--batch", "x"],
+                                  ["evaluate", "run", "--ref", "r.npz", "--out", ""], ["sample", "run", "--out", ""]])
+def test_argparse_errors_of_evaluate_and_fid_ref_are_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    _one_error_line(capsys)
+
+
+def test_sample_seed_beyond_64_bits_is_one_line(finished, tmp_path, capsys):
+    assert main(["sample", str(finished), "--n", "2", "--seed", str(2**64), "--out", str(tmp_path / "s")]) == 2
+    assert "--seed" in _one_error_line(capsys)
+    assert main(["sample", str(finished), "--n", "2", "--seed", str(2**64 - 2), "--out", str(tmp_path / "s")]) == 0
+
+
+def test_out_of_memory_is_one_line(finished, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import gcflow.training.evaluate as ev
+
+    def oom(*_a, **_k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmany\nlines")
+
+    monkeypatch.setattr(ev, "generate", oom)
+    assert main(["sample", str(finished), "--n", "4", "--out", str(tmp_path / "s")]) == 2
+    assert "out of GPU memory" in _one_error_line(capsys)
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    assert main(["sample", str(finished), "--n", "4", "--out", str(tmp_path / "s")]) == 2
+    assert "out of host memory" in _one_error_line(capsys)
+
+
+def test_sample_writes_atomically_so_a_killed_write_leaves_no_result(finished, tmp_path, capsys, monkeypatch):
+    stem = tmp_path / "s"
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # a kill between the temporary file and its rename
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", killed)
+        assert main(["sample", str(finished), "--n", "8", "--out", str(stem)]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no torn .npy, no temporary file
+    capsys.readouterr()
+    assert main(["sample", str(finished), "--n", "8", "--out", str(stem)]) == 0  # the rerun is not refused
+    import numpy as np
+
+    assert np.load(stem.with_suffix(".npy")).shape == (8, 2) and stem.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB tmpfs (needs root and mount; skipped elsewhere)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_sample_on_a_really_full_disk_names_the_path_and_the_space_needed(finished, tiny_disk, capsys):
+    stem = tiny_disk / "s"
+    assert main(["sample", str(finished), "--n", "20000", "--batch", "5000", "--out", str(stem)]) == 2
+    line = _one_error_line(capsys)
+    need = 20000 * 2 * 4 + 128  # float32 (20000, 2) and the .npy header
+    assert "no space left" in line and str(stem.with_suffix(".npy")) in line and f"({need} bytes needed)" in line, line
+    assert list(tiny_disk.iterdir()) == []
