@@ -26,7 +26,8 @@ class SymlinkError(OSError):
     """A run file is a symbolic link; gcflow refuses to write (or read) through it. One-line message."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(errno.ELOOP, f"{path} is a symbolic link; gcflow never writes through links, remove it", str(path))
+        why = f"{path} is a symbolic link; gcflow never writes through links, remove it"
+        super().__init__(errno.ELOOP, why, str(path))
 
     def __str__(self) -> str:
         return str(self.strerror)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 from gcflow.training.checkpoint import CheckpointError
 from gcflow.training.config import ConfigError

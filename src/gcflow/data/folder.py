@@ -78,7 +78,10 @@ def celeba_crop(path: Path, size: tuple[int, int]) -> tuple[int, int, int, int]:
 
 
 def decode_image(path: Path, resolution: int, crop: CropRule) -> np.ndarray:
-    """Open one file, apply its EXIF orientation, convert to RGB, crop with `crop`, resize to resolution²; (H, W, 3) uint8."""
+    """Open one file, turn it upright (EXIF), convert to RGB, crop with `crop`, resize to resolution².
+
+    Returns (H, W, 3) uint8.
+    """
     _require_regular_file(path)
     try:
         with Image.open(path) as img:
@@ -102,7 +105,9 @@ def _require_regular_file(path: Path) -> None:
     except OSError as err:
         raise DatasetError(f"cannot read image {path} ({err.strerror}); replace or remove it") from None
     if not stat.S_ISREG(mode):
-        raise DatasetError(f"image path {path} is not a regular file (a FIFO, device or folder); remove it from the dataset")
+        raise DatasetError(
+            f"image path {path} is not a regular file (a FIFO, device or folder); remove it from the dataset"
+        )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -178,7 +178,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         validate_meta(meta)
     except ValueError as exc:
-        raise CheckpointError(f"checkpoint {path} has invalid metadata ({exc}); it is not a checkpoint gcflow wrote") from None
+        raise CheckpointError(
+            f"checkpoint {path} has invalid metadata ({exc}); it is not a checkpoint gcflow wrote"
+        ) from None
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"checkpoint {path} holds non-finite values in {name!r}; it cannot be used")
@@ -299,7 +301,7 @@ def validate_meta(meta: dict[str, Any]) -> None:
 
 
 def _validate_optimizer_meta(opt: Any) -> None:
-    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) or not isinstance(opt.get("scalars"), dict):
+    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list) and isinstance(opt.get("scalars"), dict)):
         raise ValueError("optimizer must be an object with param_groups (list) and scalars (object)")
     for group in opt["param_groups"]:
         if not isinstance(group, dict) or not isinstance(group.get("params"), list):

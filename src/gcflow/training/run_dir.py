@@ -85,11 +85,8 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
 def _write_probe(probe: Path) -> None:
     """Create, write and delete `probe` without following a link planted under its name."""
     probe.unlink(missing_ok=True)  # a leftover or a planted link: unlinking never touches the target
-    fd = open_nofollow(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    try:
-        os.write(fd, b"ok")
-    finally:
-        os.close(fd)
+    os.close(open_nofollow(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))  # a fresh regular file of ours
+    probe.write_bytes(b"ok")
     probe.unlink()
 
 
@@ -139,8 +136,9 @@ def _only_gcflow_outputs(folder: Path) -> bool:
     from gcflow.training.checkpoint import CKPT_RE, TEMP_RE
 
     pattern = re.compile(r"^[\w.-]+\.(npy|png)$")
-    return all(not p.is_symlink() and p.is_file() and (CKPT_RE.match(p.name) or TEMP_RE.match(p.name) or pattern.match(p.name))
-               for p in folder.iterdir())
+    names = (p.name for p in folder.iterdir() if not p.is_symlink() and p.is_file())
+    return sum(1 for _ in folder.iterdir()) == sum(
+        1 for n in names if CKPT_RE.match(n) or TEMP_RE.match(n) or pattern.match(n))
 
 
 def _has_gcflow_config(path: Path) -> bool:
