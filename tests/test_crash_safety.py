@@ -2,8 +2,8 @@
 
 The SIGKILL test runs `gcflow train` (the same `gcflow.cli.main` that `python -m gcflow` calls) in
 child processes and kills them at random moments, many times in a row, half of the kills landing
-inside checkpoint writes (the test hook GCFLOW_TEST_SLOW_CHECKPOINT holds every write open between
-its temporary file and its rename). After every kill, every checkpoint on disk must verify and no
+inside checkpoint writes (the test's launcher, not gcflow, makes `os.replace` sleep before renaming a
+temporary file, which holds every atomic write open between its temporary file and its rename). After every kill, every checkpoint on disk must verify and no
 finished step may be lost; after the last, the run completes and its weights and metrics equal an
 uninterrupted run's, bit for bit.
 
@@ -61,6 +61,16 @@ for line in sys.stdin:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.environ.update(req["env"])
+            if req.get("slow_write"):
+                # Hold every atomic write open between its fsynced temporary file and its rename,
+                # so kills can land inside writes; gcflow itself has no test hook for this.
+                import time
+                real_replace = os.replace
+                def slow_replace(src, dst, *a, **k):
+                    if ".tmp-" in os.fspath(src):
+                        time.sleep(req["slow_write"])
+                    return real_replace(src, dst, *a, **k)
+                os.replace = slow_replace
             code = gcflow.cli.main(req["argv"])
         except BaseException:
             import traceback
@@ -84,8 +94,9 @@ class ForkServer:
                                      text=True, cwd=cwd, env=env)
         assert self.proc.stdout.readline().strip() == "ready"
 
-    def start(self, argv: list[str], log: Path, env: dict[str, str]) -> int:
-        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log), "env": env}) + "\n")
+    def start(self, argv: list[str], log: Path, env: dict[str, str], slow_write: float = 0.0) -> int:
+        req = {"argv": argv, "log": str(log), "env": env, "slow_write": slow_write}
+        self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         return int(self.proc.stdout.readline())
 
@@ -123,7 +134,7 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_the_run(tmp_path):
 
     run, log = tmp_path / "run", tmp_path / "children.log"
     ckpt_dir = run / "checkpoints"
-    env = {ckpt.SLOW_WRITE_ENV: str(SLOW_WRITE), "GCFLOW_NO_PROGRESS": "1"}
+    env = {"GCFLOW_NO_PROGRESS": "1"}
     rng = random.Random(2024)
     server = ForkServer(tmp_path)
     try:
@@ -131,7 +142,7 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_the_run(tmp_path):
         while kills < KILLS:
             resume = (run / "config.json").is_file()
             argv = ["train", "--no-progress", *(["--resume", str(run)] if resume else ["--out", str(run), *CRASH_RUN])]
-            pid = server.start(argv, log, env)
+            pid = server.start(argv, log, env, SLOW_WRITE)
             if kills % 2 == 0:
                 # Kill inside a checkpoint write: wait for a temporary checkpoint file, then a random
                 # fraction of the write's open window.
@@ -159,7 +170,7 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_the_run(tmp_path):
                 json.loads((run / "config.json").read_text())
         else:
             # The last launch runs to the end without being killed.
-            pid = server.start(["train", "--no-progress", "--resume", str(run)], log, env)
+            pid = server.start(["train", "--no-progress", "--resume", str(run)], log, env, SLOW_WRITE)
             assert server.wait() == 0, log.read_text()[-3000:]
     finally:
         server.close()

@@ -459,6 +459,37 @@ def test_folder_errors(tmp_path):
     one_line_error(err, "cannot decode", str(broken))
 
 
+def test_folder_16bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 65535 // 63).astype(np.uint16)  # 0 .. 65535
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # really a 16-bit greyscale PNG
+    img = load_image_dataset("folder", tmp_path, resolution=8).images[0].numpy()
+    expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(img[0], expected) and np.array_equal(img[0], img[2])  # not pure white
+
+
+def test_folder_applies_exif_orientation(tmp_path):
+    # Stored sideways (blue on the left half) with EXIF orientation 6 ("rotate 90° clockwise to view"):
+    # upright, blue is the top half.
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    pixels[:, :4] = (0, 0, 255)
+    pixels[:, 4:] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "sideways.png", exif=exif.tobytes())
+    img = load_image_dataset("folder", tmp_path, resolution=8).images[0].int()
+    assert (img[2, :4] > 240).all() and (img[0, :4] < 15).all()  # top half blue
+    assert (img[0, 4:] > 240).all() and (img[2, 4:] < 15).all()  # bottom half red
+
+
+def test_folder_refuses_a_fifo_named_like_an_image_instead_of_hanging(tmp_path):
+    striped(10, 10).save(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(DatasetError) as err:
+        load_image_dataset("folder", tmp_path, resolution=8)
+    one_line_error(err, "not a regular file", str(tmp_path / "pipe.png"))
+
+
 def write_celeba(root: Path, count: int = 5) -> None:
     """img_align_celeba-sized images: blue inside the 140×140 centre crop, red outside."""
     folder = root / "img_align_celeba"

@@ -29,6 +29,9 @@ from gcflow.training.trainer import TrainingError, train
 TINY = ["train.steps=30", "train.batch_size=32", "train.eval_every=10", "train.eval_samples=100",
         "train.checkpoint_every=10", "network.width=16", "network.depth=1", "train.log_every=10", "train.device=cpu"]
 QUIET = {"progress": False, "log": lambda *_: None}
+# The smallest metadata that passes checkpoint.validate_meta (what the trainer writes, with an empty config).
+MINIMAL_META = {"config": {}, "data_shape": [2], "num_classes": 0, "loss_window": None, "data": {},
+                "optimizer": {"param_groups": [], "scalars": {}}}
 
 
 def _cfg(preset: str = "toy-gc", extra: tuple[str, ...] = ()):
@@ -174,11 +177,11 @@ def test_no_verifiable_checkpoint_refuses_to_resume(reference, tmp_path, capsys)
 
 def test_leftover_temp_files_are_ignored_and_cleaned(tmp_path):
     d = tmp_path / "ck"
-    good = ckpt.save_checkpoint(d, 10, {"w": torch.ones(3)}, {"config": {}}, keep=3)
+    good = ckpt.save_checkpoint(d, 10, {"w": torch.ones(3)}, MINIMAL_META, keep=3)
     dead = d / ".ckpt-00000020.safetensors.tmp-999999999"  # a write killed before its rename
     dead.write_bytes(good.read_bytes()[:100])
     assert ckpt.list_checkpoints(d) == [good] and ckpt.load_latest_checkpoint(d).meta["step"] == 10
-    ckpt.save_checkpoint(d, 20, {"w": torch.zeros(3)}, {"config": {}}, keep=3)
+    ckpt.save_checkpoint(d, 20, {"w": torch.zeros(3)}, MINIMAL_META, keep=3)
     assert not dead.exists() and sorted(p.name for p in d.iterdir()) == ["ckpt-00000010.safetensors", "ckpt-00000020.safetensors"]
 
 
@@ -235,12 +238,12 @@ def test_nonfinite_skip_skips_only_that_update(tmp_path, monkeypatch, how, step)
 
 def test_nonfinite_checkpoint_never_overwrites_a_good_one(tmp_path):
     d = tmp_path / "ck"
-    good = ckpt.save_checkpoint(d, 10, {"w": torch.ones(4)}, {"config": {}})
+    good = ckpt.save_checkpoint(d, 10, {"w": torch.ones(4)}, MINIMAL_META)
     before = good.read_bytes()
     for step in (10, 20):  # the same name, and a newer one
         for bad in (float("nan"), float("inf")):
             with pytest.raises(ckpt.CheckpointError, match=f"non-finite values in 'w' at step {step}"):
-                ckpt.save_checkpoint(d, step, {"w": torch.tensor([1.0, bad, 0.0, 1.0])}, {"config": {}})
+                ckpt.save_checkpoint(d, step, {"w": torch.tensor([1.0, bad, 0.0, 1.0])}, MINIMAL_META)
     assert [p.name for p in d.iterdir()] == [good.name] and good.read_bytes() == before
 
 

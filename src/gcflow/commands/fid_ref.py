@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gcflow.commands.errors import run_guarded
+from gcflow.commands.errors import one_line_usage_errors, run_guarded
 from gcflow.training.config import ConfigError
+from gcflow.training.run_dir import out_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights file for torch-fidelity's extractor")
     p.add_argument("--batch", type=int, default=250, help="images per feature pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--out", type=Path, default=None, help="output .npz (default $GCFLOW_CACHE/fid-refs/<dataset>-<split>-<extractor>.npz)")
+    p.add_argument("--out", type=out_path, default=None, help="output .npz (default $GCFLOW_CACHE/fid-refs/<dataset>-<split>-<extractor>.npz)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing statistics file")
+    one_line_usage_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:

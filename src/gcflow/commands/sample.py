@@ -1,18 +1,27 @@
 """`gcflow sample RUN_DIR --n N --steps K`: draw samples from a run's EMA model, save them and a picture.
 
 Sample i uses latent seed `seed + i` alone, so any subset of samples can be regenerated exactly.
+Both files are written atomically (temporary file, fsync, rename): a kill or a full disk never
+leaves a truncated .npy that a rerun would take for a result.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gcflow.commands.errors import one_line_usage_errors, run_guarded
+from gcflow.files import atomic_write_bytes
 from gcflow.training.config import ConfigError
+from gcflow.training.run_dir import out_path
+
+MAX_SEED = 2**64 - 1  # torch generators take seeds in [0, 2^64)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="first per-sample seed (sample i uses seed+i)")
     p.add_argument("--batch", type=int, default=500, help="samples per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--out", type=Path, default=None, help="output stem (default RUN_DIR/samples/n<N>-steps<K>-seed<S>)")
+    p.add_argument("--out", type=out_path, default=None, help="output stem (default RUN_DIR/samples/n<N>-steps<K>-seed<S>)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--label", type=int, default=None, help="class-conditional runs: the class to draw (default: sample i gets class (seed+i) mod K)")
     one_line_usage_errors(p)
@@ -41,6 +50,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.steps < 1 or args.batch < 1:
         raise ConfigError("--n, --steps and --batch must be positive integers")
+    if not 0 <= args.seed <= MAX_SEED - (args.n - 1):
+        raise ConfigError(f"--seed {args.seed} is out of range: seeds seed..seed+n-1 must lie in [0, 2^64 - 1]")
     device = resolve_device(args.device)
     model, cfg = load_model_for_inference(args.run_dir, device)
     stem = args.out or args.run_dir / "samples" / f"n{args.n}-steps{args.steps}-seed{args.seed}"
@@ -61,13 +72,23 @@ def _run(args: argparse.Namespace) -> int:
             labels = torch.tensor([args.label if args.label is not None else s % k for s in seeds], device=device)
         chunks.append(generate(model, z, cfg, args.steps, class_labels=labels, seed=args.seed + start).cpu())
     x = torch.cat(chunks)
-    np.save(npy, x.numpy())
+    buf = io.BytesIO()
+    np.save(buf, x.numpy())
+    atomic_write_bytes(npy, buf.getvalue())
     if x.ndim == 2 and x.shape[1] == 2:
-        save_scatter(png, x, title=f"{args.n} samples, {args.steps}-step")
+        _atomic_picture(png, lambda p: save_scatter(p, x, title=f"{args.n} samples, {args.steps}-step"))
     elif x.ndim == 4:
-        save_image_grid(png, x[:256], scale=max(1, 64 // x.shape[-1]))
+        _atomic_picture(png, lambda p: save_image_grid(p, x[:256], scale=max(1, 64 // x.shape[-1])))
     print(f"gcflow: wrote {args.n} samples to {npy} and a picture to {png}")
     return 0
+
+
+def _atomic_picture(path: Path, draw: Callable[[Path], None]) -> None:
+    """Let `draw` write a PNG into a private temporary folder, then move its bytes to `path` atomically."""
+    with tempfile.TemporaryDirectory(prefix="gcflow-") as tmp:
+        scratch = Path(tmp) / path.name
+        draw(scratch)
+        atomic_write_bytes(path, scratch.read_bytes())
 
 
 def _data_shape(model: torch.nn.Module) -> tuple[int, ...]:

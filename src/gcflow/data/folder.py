@@ -1,8 +1,10 @@
 """Image-file datasets: any folder of images, and CelebA, LSUN Church and FFHQ at 64×64.
 
 `folder`: every .png/.jpg/.jpeg/.webp file under `<root>` (recursively; names starting with "."
-skipped), in sorted path order, converted to RGB, centre-cropped to the largest square and
-resized to `resolution` (Lanczos). Unlabelled. `resolution` is required.
+skipped), in sorted path order, turned upright by its EXIF orientation, converted to RGB (16-bit
+greyscale scaled 0..65535 -> 0..255), centre-cropped to the largest square and resized to
+`resolution` (Lanczos). Unlabelled. `resolution` is required. A path that is not a regular file
+(a FIFO or device named *.png) is refused with one line instead of being opened.
 
 `celeba64`: the aligned-and-cropped CelebA images (img_align_celeba, 178×218 JPEGs):
 `<root>/img_align_celeba/*.jpg` or `<root>/*.jpg`, with `list_eval_partition.txt` in `<root>`
@@ -26,12 +28,13 @@ decoding JPEGs happens once.
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from gcflow.data.common import ROOT_HINT, DatasetError, ImageDataset, check_resolution, check_split, require_root, tensor_from
 from gcflow.data.npz import load_prepared_npz
@@ -75,11 +78,15 @@ def celeba_crop(path: Path, size: tuple[int, int]) -> tuple[int, int, int, int]:
 
 
 def decode_image(path: Path, resolution: int, crop: CropRule) -> np.ndarray:
-    """Open one file, convert to RGB, crop with `crop`, resize to resolution²; (H, W, 3) uint8."""
+    """Open one file, turn it upright (EXIF), convert to RGB, crop with `crop`, resize to resolution².
+
+    Returns (H, W, 3) uint8.
+    """
+    _require_regular_file(path)
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = img.convert("RGB")
+            rgb = to_rgb(ImageOps.exif_transpose(img))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(
             f"cannot decode image {path} ({type(err).__name__}: {err}); "
@@ -89,6 +96,30 @@ def decode_image(path: Path, resolution: int, crop: CropRule) -> np.ndarray:
     resample = Image.Resampling.LANCZOS if box[2] - box[0] >= resolution else Image.Resampling.BICUBIC
     # Crop, then resize: the filter must not reach pixels outside the crop (as `box=` would).
     return np.asarray(rgb.crop(box).resize((resolution, resolution), resample))
+
+
+def _require_regular_file(path: Path) -> None:
+    """Refuse a FIFO, device or folder named like an image: opening a FIFO would block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise DatasetError(f"cannot read image {path} ({err.strerror}); replace or remove it") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(
+            f"image path {path} is not a regular file (a FIFO, device or folder); remove it from the dataset"
+        )
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB version of `img`; 16- and 32-bit integer greyscale (modes I;16*, I) scaled from 0..65535 to 0..255.
+
+    (Pillow's own convert("RGB") clips such values at 255, which turns a 16-bit image white.)
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        wide = np.asarray(img, dtype=np.int64).clip(0, 65535)
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)  # round(v * 255 / 65535)
+        return Image.fromarray(grey).convert("RGB")
+    return img.convert("RGB")
 
 
 def decode_images(paths: list[Path], resolution: int, crop: CropRule = centre_square, workers: int | None = None) -> np.ndarray:

@@ -168,8 +168,13 @@ def save_reference_stats(path: str | os.PathLike, stats: dict[str, np.ndarray], 
 def read_reference_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The sidecar metadata of a reference-stats file (not verified against the arrays)."""
     side = sidecar_path(path)
+    if not Path(path).is_file():
+        raise ReferenceStatsError(f"reference statistics file {path} not found; make it with 'gcflow fid-ref DATASET'")
     if not side.is_file():
-        raise ReferenceStatsError(f"reference stats sidecar {side} not found (it must sit beside {Path(path).name})")
+        raise ReferenceStatsError(
+            f"reference statistics metadata (sidecar) {side} not found (it must sit beside {Path(path).name}); "
+            "recompute the statistics with 'gcflow fid-ref DATASET --overwrite'"
+        )
     try:
         meta = json.loads(side.read_text())
     except json.JSONDecodeError as e:

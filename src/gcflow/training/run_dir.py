@@ -1,29 +1,60 @@
-"""Run folders: creation rules (never clobber a run by accident) and a lock against concurrent runs."""
+"""Run folders: creation rules (never clobber a run, or anything that is not a run, by accident), a
+lock against concurrent runs, symlink-safe run files, atomic metrics rewrites and unique default names.
+
+Run files (`.lock`, `.write-test`, config.json, metrics.jsonl, summary.json, checkpoints) are never
+opened through a symbolic link: a planted link is refused with one line, so gcflow cannot be made
+to write a file outside the run folder.
+"""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import fcntl
+import json
 import os
+import re
+import secrets
 import shutil
+import time
 from pathlib import Path
+from typing import Any
+
+from gcflow.files import SymlinkError, atomic_write_text, open_nofollow
 
 # Files that do not make a folder "a run": the lock (possibly left by a killed process) and the
 # write probe. A folder holding only these can be (re)used for a new run without --overwrite.
 _NOT_A_RUN = (".lock", ".write-test")
+# Everything gcflow writes at the top of a train run or an experiment folder; a folder holding only
+# these (e.g. a run killed before its config.json) is recognisably gcflow's and may be replaced.
+RUN_FILES = frozenset({"config.json", "metrics.jsonl", "summary.json", "samples.png", "metrics.png", "checkpoints",
+                       "samples", "results.json", "report.md", *_NOT_A_RUN})
+_GCFLOW_ARTEFACT = re.compile(r"^(eval-\d+step\.json|\.[^/]+\.tmp-\d+|[\w.-]+\.(png|svg|pdf|md))$")
+_MAX_CONFIG_BYTES = 1 << 20
+_DEFAULT_NAME_TRIES = 100
 
 
 class RunDirError(RuntimeError):
     """The run folder cannot be used as asked; the message is one line with the fix."""
 
 
+def out_path(text: str) -> Path:
+    """argparse `type=` for --out: an empty path (e.g. an unset shell variable) is an error, not the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty --out path is not allowed (an unset variable?); name a folder")
+    return Path(text)
+
+
 def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     """Create or reuse a run folder.
 
-    A folder that already holds a run is refused unless `resume` (continue it) or `overwrite`
-    (delete it first; refused while another process holds the run's lock) is given. Unwritable
-    locations fail with a one-line RunDirError.
+    A folder that already holds anything is refused unless `resume` (continue it) or `overwrite`
+    (delete it first) is given; `overwrite` only ever deletes a folder that `check_overwritable`
+    recognises as a gcflow run or experiment, and is refused while another process holds the run's
+    lock. Symlinked run files are refused. Unwritable locations fail with a one-line RunDirError.
     """
+    if not str(path).strip():  # (before Path(), which turns "" into ".")
+        raise RunDirError("an empty run folder path is not allowed (an unset variable?); name a folder with --out")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run folder {path} is a file; choose another folder with --out")
@@ -31,9 +62,13 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     if resume:
         if not (path / "config.json").is_file():
             raise RunDirError(f"cannot resume: {path} holds no run (no config.json); start a new run there without --resume")
+        check_no_symlinks(path)
         return path
     if has_run and not overwrite:
         raise RunDirError(f"run folder {path} already exists; pass --resume to continue it or --overwrite to replace it")
+    if has_run:
+        check_overwritable(path)
+    check_no_symlinks(path)
     try:
         if has_run and overwrite:
             with RunLock(path):  # never delete a run another process is writing
@@ -41,12 +76,197 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
                     if p.name != ".lock":
                         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        _write_probe(path / ".write-test")
     except OSError as exc:
         raise RunDirError(f"cannot write to run folder {path}: {_why(exc)}; choose another folder with --out") from None
     return path
+
+
+def _write_probe(probe: Path) -> None:
+    """Create, write and delete `probe` without following a link planted under its name."""
+    probe.unlink(missing_ok=True)  # a leftover or a planted link: unlinking never touches the target
+    os.close(open_nofollow(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))  # a fresh regular file of ours
+    probe.write_bytes(b"ok")
+    probe.unlink()
+
+
+def is_run_dir(path: Path) -> bool:
+    """True if `path` is recognisably a gcflow run or experiment folder (see `check_overwritable`)."""
+    try:
+        check_overwritable(path)
+    except RunDirError:
+        return False
+    return Path(path).is_dir()
+
+
+def check_overwritable(path: Path) -> None:
+    """Raise a one-line RunDirError unless `--overwrite` may delete the contents of folder `path`.
+
+    Allowed: a missing or empty folder; a gcflow run (a config.json holding a gcflow config, or a
+    checkpoints/ folder with gcflow checkpoints); a gcflow experiment folder (results.json naming
+    an experiment, or sub-folders that are runs); or a folder holding only files gcflow writes
+    (e.g. a run killed before its config.json). Anything else, such as a folder with a user's
+    files or the current directory of an unset `--out "$RUN"`, is refused.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return
+    entries = [p for p in path.iterdir() if p.name not in _NOT_A_RUN]
+    if not entries or _has_gcflow_config(path) or _has_checkpoints(path) or _is_experiment(path, entries):
+        return
+    if all(_is_artefact(p) for p in entries):
+        return
+    foreign = sorted(p.name for p in entries if not _is_artefact(p))[:3]
+    raise RunDirError(
+        f"refusing to --overwrite {path}: it is not a gcflow run folder (it holds {', '.join(foreign)}); "
+        "choose another folder with --out, or empty it yourself"
+    )
+
+
+def _is_artefact(p: Path) -> bool:
+    if p.is_symlink():
+        return False
+    # (config.json and results.json count only when they parse as gcflow's, see check_overwritable)
+    return (p.name in RUN_FILES and p.name not in ("checkpoints", "samples", "config.json", "results.json")) or (
+        p.is_file() and bool(_GCFLOW_ARTEFACT.match(p.name))) or (p.name in ("checkpoints", "samples") and p.is_dir()
+                                                                  and _only_gcflow_outputs(p))
+
+
+def _only_gcflow_outputs(folder: Path) -> bool:
+    from gcflow.training.checkpoint import CKPT_RE, TEMP_RE
+
+    pattern = re.compile(r"^[\w.-]+\.(npy|png)$")
+    names = (p.name for p in folder.iterdir() if not p.is_symlink() and p.is_file())
+    return sum(1 for _ in folder.iterdir()) == sum(
+        1 for n in names if CKPT_RE.match(n) or TEMP_RE.match(n) or pattern.match(n))
+
+
+def _has_gcflow_config(path: Path) -> bool:
+    """config.json is a regular file holding a JSON object of gcflow config groups."""
+    doc = _read_json(path / "config.json")
+    from gcflow.training.config import GROUPS
+
+    return isinstance(doc, dict) and bool(doc) and all(k in GROUPS and isinstance(v, dict) for k, v in doc.items())
+
+
+def _has_checkpoints(path: Path) -> bool:
+    from gcflow.training.checkpoint import list_checkpoints
+
+    folder = path / "checkpoints"
+    return folder.is_dir() and not folder.is_symlink() and bool(list_checkpoints(folder))
+
+
+def _is_experiment(path: Path, entries: list[Path]) -> bool:
+    doc = _read_json(path / "results.json")
+    if isinstance(doc, dict) and isinstance(doc.get("experiment"), str):
+        return True
+    subdirs = [p for p in entries if p.is_dir() and not p.is_symlink()]
+    return bool(subdirs) and all(_is_artefact(p) or p in subdirs for p in entries) and all(
+        _has_gcflow_config(d) or _has_checkpoints(d) for d in subdirs)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON value of a small regular, non-symlinked file; None if there is none or it does not parse."""
+    from gcflow.files import open_regular_nofollow
+
+    try:
+        with open_regular_nofollow(path) as fh:
+            text = fh.read(_MAX_CONFIG_BYTES + 1)
+        return json.loads(text) if len(text) <= _MAX_CONFIG_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def check_no_symlinks(path: Path) -> None:
+    """Raise a one-line RunDirError if a run file of folder `path` is a symbolic link.
+
+    (A symlinked checkpoint file is only ever read, and then refused as not verifiable by
+    gcflow.training.checkpoint, so resume falls back to an older one; it is never written through.)
+    """
+    path = Path(path)
+    for p in (path / name for name in RUN_FILES):
+        if p.is_symlink():
+            raise RunDirError(f"{p} is a symbolic link; gcflow never writes run files through links, remove it")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of metrics.jsonl with `step` <= `step`, rewriting the file atomically.
+
+    Used on resume: records written after the checkpoint we resume from are recomputed. A line
+    torn by a crash is dropped. A kill at any moment leaves either the old file or the new one,
+    never a truncated history. A symlinked file is refused (SymlinkError), never followed.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise SymlinkError(path)
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("step"), (int, float)) and record["step"] <= step:
+                keep.append(line)
+        except ValueError:
+            pass  # a line torn by a crash
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON record to metrics.jsonl, refusing (SymlinkError) to follow a link at `path`."""
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def default_run_dir(root: Path, preset: str, overrides: list[str]) -> Path:
+    """Create and return a new, unique run folder `root/<preset>[-<tag>]-<YYYYmmdd-HHMMSS>-<4 hex>`.
+
+    `<tag>` shows the overrides that differ from the preset, shortened (`method.gc_mu=0.3` ->
+    `mu0.3`, `train.seed=1` -> `seed1`). The folder is created with an exclusive mkdir and a fresh
+    random suffix is drawn on a collision, so jobs started in the same second never share a folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stem = "-".join(p for p in (_safe(preset), overrides_tag(preset, overrides)) if p)
+    for _ in range(_DEFAULT_NAME_TRIES):
+        path = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RunDirError(f"could not create a unique run folder under {root}; name one with --out")
+
+
+def overrides_tag(preset: str, overrides: list[str], limit: int = 48) -> str:
+    """A short, file-name-safe summary of the overrides that change `preset` (e.g. 'mu0.3-seed1')."""
+    parts = []
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if not value or _is_default(preset, text):
+            continue
+        name = key.rsplit(".", 1)[-1].removeprefix("gc_").replace("_", "")
+        parts.append(_safe(name + os.path.basename(value.rstrip("/"))))
+    return "-".join(p for p in parts if p)[:limit].strip("-")
+
+
+def _is_default(preset: str, override: str) -> bool:
+    """True if `override` leaves the preset's value unchanged (False if either cannot be read)."""
+    from gcflow.training.config import ConfigError, apply_overrides, to_dict
+    from gcflow.training.presets import load_preset
+
+    try:
+        base = load_preset(preset)
+        return to_dict(apply_overrides(base, [override])) == to_dict(base)
+    except (ConfigError, KeyError, ValueError, TypeError):  # the command reports a bad one; the name keeps it
+        return False
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_-")
 
 
 def _why(exc: OSError) -> str:
@@ -77,7 +297,9 @@ class RunLock:
     def acquire(self) -> "RunLock":
         for _ in range(10):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+                fd = open_nofollow(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            except SymlinkError as exc:
+                raise RunDirError(f"{exc}; gcflow never follows a link for its lock file") from None
             except OSError as exc:
                 raise RunDirError(f"cannot lock run folder {self.path.parent}: {_why(exc)}; choose another folder with --out") from None
             try:
