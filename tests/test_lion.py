@@ -8,11 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import lion_pytorch
 import torch
-
-lion_pytorch = pytest.importorskip("lion_pytorch")
-from lion_pytorch.foreach import Lion  # noqa: E402
+from lion_pytorch.foreach import Lion
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(4, 3, 3, 3), (7,), (5, 6)]
