@@ -64,7 +64,7 @@ class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (held for the run; close() closes it)
 
     def scalars(self, step: int, values: Mapping[str, float | int | None]) -> None:
         record = {"step": int(step), **{k: _json_number(v) for k, v in values.items()}}
