@@ -38,8 +38,8 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> np.ndar
     """Tile images (N, C, H, W) in [-1, 1] into one uint8 array (rows·H, cols·W, C)."""
     x = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     n, c, h, w = x.shape
-    nrow = nrow or int(math.ceil(math.sqrt(n)))
-    ncol = int(math.ceil(n / nrow))
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
     grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, nrow)
