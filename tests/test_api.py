@@ -3,6 +3,8 @@ every exported function's docstring says what each of its arguments is."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import subprocess
 import sys
