@@ -57,12 +57,11 @@ def test_loaders_are_loaded_on_first_use():
     from gcflow.export import load_exported
 
     assert gcflow.load_exported is load_exported
-    try:
-        from gcflow.training import run_state
-    except ModuleNotFoundError:
+    if importlib.util.find_spec("gcflow.training.run_state") is None:
         with pytest.raises(AttributeError, match="not available in this build"):
             gcflow.load_run  # noqa: B018
     else:
+        run_state = importlib.import_module("gcflow.training.run_state")
         assert gcflow.load_run is run_state.load_run
         assert gcflow.load_model_for_inference is run_state.load_model_for_inference
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
