@@ -33,6 +33,11 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·model for parameters (one foreach lerp); buffers copied (one foreach copy).
 
     Nothing here reads a device value on the host, so on CUDA the update is queued without a sync.
+
+    Args:
+        ema: the averaged copy (from `make_ema(model)`), updated in place.
+        model: the trained model; its parameters and buffers match `ema`'s one for one.
+        decay: β in [0, 1] (e.g. 0.9999, or `ema_decay_from_half_life(h, B)`); 0 copies the model.
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"EMA decay must be in [0, 1], got {decay}")

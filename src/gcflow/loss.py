@@ -20,6 +20,16 @@ def consistency_loss(model: ModelFn, pairs: PairBatch, distance: Distance, dropo
 
     The target uses the *online* network under no_grad (iCT has no EMA teacher); both passes share
     one dropout mask when `dropout` is given.
+
+    Args:
+        model: the consistency function f_θ(x, σ) with x (B, *D) and σ (B,), e.g. a ConsistencyModel.
+        pairs: the training pairs (x_i, σ_i, x_next, σ_next, λ) from `build_pairs`.
+        distance: d(a, b) -> (B,), e.g. `get_distance("pseudo_huber")`.
+        dropout: the network's SharedDropout, to use the same dropout mask in both passes (None: no
+            mask sharing, for networks without dropout).
+
+    Returns:
+        the per-sample loss (B,); average it (`.mean()`) before `backward()`.
     """
     replay = dropout.replay if dropout is not None else nullcontext
     with replay(), torch.no_grad():

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
 
 
 def save_scatter(path: Path, samples: Tensor, reference: Tensor | None = None, title: str = "") -> None:
@@ -38,8 +38,8 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> np.ndar
     """Tile images (N, C, H, W) in [-1, 1] into one uint8 array (rows·H, cols·W, C)."""
     x = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     n, c, h, w = x.shape
-    nrow = nrow or int(math.ceil(math.sqrt(n)))
-    ncol = int(math.ceil(n / nrow))
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
     grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, nrow)
@@ -58,25 +58,92 @@ def save_image_grid(path: Path, images: Tensor, nrow: int | None = None, scale: 
     img.save(path)
 
 
+# y-axis label (with unit) of each metric gcflow records; other keys are labelled with their name.
+METRIC_LABELS: dict[str, str] = {
+    "loss": "consistency loss (λ-weighted distance)",
+    "grad_norm": "gradient norm (L2, before clipping)",
+    "lr": "learning rate",
+    "n_scales": "N(k): noise-grid intervals",
+    "mu": "μ(k): GC probability",
+    "gc_fraction": "GC fraction of the batch",
+    "images_per_s": "throughput (images/s)",
+    "step_time_ms": "step time (ms)",
+    "w2": "exact W2 (data units)",
+    "sliced_w2": "sliced W2 (data units)",
+    "classifier_fd": "classifier Fréchet distance",
+    "pixel_sliced_w2": "pixel sliced W2 (pixel units, [-1, 1])",
+    "fid": "FID",
+    "kid": "KID",
+    "is": "Inception score",
+}
+STEP_LABEL = "training step"
+
+
+def metric_label(key: str) -> str:
+    """The y-axis label, with its unit, of a metric recorded in metrics.jsonl."""
+    return METRIC_LABELS.get(key, key)
+
+
+def _points(records: Sequence[dict], key: str) -> list[tuple[float, float]]:
+    """(step, value) of every record holding a finite number under `key`."""
+    pts = []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and "step" in r:
+            pts.append((r["step"], v))
+    return pts
+
+
+def _style_axis(ax: plt.Axes, key: str, values: Sequence[float]) -> None:
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel(metric_label(key), fontsize=8)
+    ax.set_title(key, fontsize=9)
+    # Log scale for positive quantities spanning more than a decade (loss, W2, lr); linear otherwise.
+    if values and min(values) > 0 and max(values) / min(values) > 10:
+        ax.set_yscale("log")
+
+
 def save_curves(path: Path, records: Sequence[dict], keys: Sequence[str], floor_keys: dict[str, str] | None = None, title: str = "") -> None:
     """Plot metrics (one panel per key) against the training step from metrics.jsonl records."""
-    keys = [k for k in keys if any(k in r for r in records)]
+    save_overlaid_curves(path, {"": records}, keys, floor_keys, title)
+
+
+def save_overlaid_curves(path: Path, runs: Mapping[str, Sequence[dict]], keys: Sequence[str],
+                         floor_keys: dict[str, str] | None = None, title: str = "") -> list[str]:
+    """One panel per metric key with one curve per run, against the training step; returns the keys drawn.
+
+    Args:
+        path: the PNG to write.
+        runs: label -> that run's metrics.jsonl records (dicts with "step" and metric values); an
+            empty label draws no legend entry.
+        keys: the metrics to draw, in panel order; keys no run records are left out.
+        floor_keys: metric -> key of its noise floor, drawn as a dashed line (the last recorded value).
+        title: the figure's title.
+    """
+    keys = [k for k in keys if any(_points(recs, k) for recs in runs.values())]
     if not keys:
-        return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), dpi=110, squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", ms=3)
-        floor = (floor_keys or {}).get(key)
-        if floor and any(floor in r for r in records):
-            ax.axhline([r[floor] for r in records if floor in r][-1], color="0.5", ls="--", label="noise floor")
+        return []
+    ncol = min(len(keys), 4)
+    nrow = math.ceil(len(keys) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.2 * nrow), dpi=110, squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        values: list[float] = []
+        for i, (label, recs) in enumerate(runs.items()):
+            pts = _points(recs, key)
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 50 else None, ms=3, label=label or None, color=f"C{i}")
+                values += [v for _, v in pts]
+            floor = (floor_keys or {}).get(key)
+            floors = _points(recs, floor) if floor else []
+            if floors:
+                ax.axhline(floors[-1][1], color=f"C{i}", ls="--", lw=0.8, label="noise floor" if i == 0 else None)
+        _style_axis(ax, key, values)
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-        ax.set_xlabel("step")
-        ax.set_title(key, fontsize=9)
-        if pts and min(v for _, v in pts) > 0:
-            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return keys

@@ -14,6 +14,11 @@ def seeded_normal(seeds: Sequence[int], shape: Sequence[int], device: torch.devi
     """Standard normals of shape (len(seeds), *shape) where row i depends only on seeds[i].
 
     This makes sample i reproducible on its own, whatever the batch it is drawn in.
+
+    Args:
+        seeds: one integer seed per sample.
+        shape: the shape of one sample, without the batch axis (e.g. (2,) or (3, 32, 32)).
+        device: device of the result (the draws are made on the CPU).
     """
     rows = []
     for s in seeds:
@@ -24,7 +29,13 @@ def seeded_normal(seeds: Sequence[int], shape: Sequence[int], device: torch.devi
 
 @torch.no_grad()
 def sample_onestep(f: ConsistencyFn, z: Tensor, sigma_max: float) -> Tensor:
-    """x = f(σ_max z, σ_max); z: (B, *D) standard normal -> (B, *D)."""
+    """x = f(σ_max z, σ_max); z: (B, *D) standard normal -> (B, *D).
+
+    Args:
+        f: the consistency function f(x, σ) with x (B, *D) and σ (B,), e.g. a ConsistencyModel.
+        z: standard normal noise (B, *D), e.g. from `seeded_normal`.
+        sigma_max: the largest noise level of training (σ_max).
+    """
     sigma = torch.full((z.shape[0],), sigma_max, device=z.device, dtype=z.dtype)
     return f(sigma_max * z, sigma)
 
@@ -41,6 +52,13 @@ def sample_multistep(
     """Consistency sampling: one step from σ_max, then re-noise to each σ in `sigmas` and denoise.
 
     `sigmas` must be strictly decreasing and inside (σ_min, σ_max). Returns (B, *D).
+
+    Args:
+        f: the consistency function f(x, σ) with x (B, *D) and σ (B,).
+        z: standard normal noise (B, *D) for the first step.
+        sigmas: the intermediate levels, e.g. `default_multistep_sigmas(steps)`; empty = one step.
+        sigma_max, sigma_min: the model's σ_max and σ_min (re-noising adds √(σ² − σ_min²) noise).
+        generator: CPU random generator for the re-noising draws (None: torch's global one).
     """
     sig = [float(s) for s in sigmas]
     if any(not (sigma_min < s < sigma_max) for s in sig) or any(a <= b for a, b in zip(sig, sig[1:])):
@@ -57,6 +75,10 @@ def default_multistep_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: fl
     """Intermediate levels for a `steps`-step sampler: `steps − 1` Karras levels strictly inside (σ_min, σ_max).
 
     (iCT tunes its two-step level by hand, e.g. σ = 0.821 on CIFAR-10; pass explicit levels for that.)
+
+    Args:
+        steps: the number of network evaluations of the sampler (1 = one-step, no levels).
+        sigma_min, sigma_max, rho: the Karras grid whose interior levels are used (see `karras_sigmas`).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")

@@ -23,6 +23,14 @@ def karras_sigmas(
     """Ascending Karras grid with n+1 levels, shape (n+1,).
 
     σ_i = (σ_min^{1/ρ} + i/n (σ_max^{1/ρ} − σ_min^{1/ρ}))^ρ, i = 0..n; σ_0 = σ_min, σ_n = σ_max.
+
+    Args:
+        n: number of intervals of the grid (N(k) of the iCT curriculum); the grid has n+1 levels.
+        sigma_min: smallest level σ_min (the boundary where f_θ(x, σ_min) = x).
+        sigma_max: largest level σ_max (where sampling starts).
+        rho: ρ, the grid's curvature; larger ρ puts more levels near σ_min (EDM uses 7).
+        dtype: dtype of the returned grid (computed in float64 either way).
+        device: device of the returned grid (None: the default device).
     """
     if n < 1:
         raise ValueError(f"the grid needs n >= 1 intervals, got {n}")
@@ -40,6 +48,15 @@ def ict_num_scales(step: int, total_steps: int, s0: int = 10, s1: int = 1280) ->
     """iCT curriculum N(k): the number of grid intervals at training step k of K.
 
     K' = floor(K / (log2 floor(s1/s0) + 1)),  N(k) = min(s0 · 2^floor(k/K'), s1).
+
+    Args:
+        step: the training step k (0-based: the first optimizer step is k = 0).
+        total_steps: K, the planned number of training steps of the whole run.
+        s0: N at the start of training (iCT: 10).
+        s1: the largest N, reached after log2(s1/s0) doublings (iCT: 1280).
+
+    Returns:
+        N(k), to pass as `n` to `karras_sigmas` / `sample_noise_levels`.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -84,7 +101,22 @@ def sample_noise_levels(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample (σ_i, σ_{i+1}, λ_i), each of shape (batch,) in float32 on `device`.
 
+    Each sample draws an interval i of the Karras grid with n intervals with the lognormal
+    probabilities of `lognormal_level_probs`, and gets its two ends and the weight λ_i = 1/(σ_{i+1} − σ_i).
     Indices are drawn on the CPU with `generator` so that runs are reproducible across devices.
+
+    Args:
+        n: number of intervals of the noise grid (the grid has n+1 levels), usually the iCT
+            curriculum's N(k) = `ict_num_scales(step, total_steps)`.
+        batch: number of samples B, i.e. the length of each returned tensor.
+        sigma_min, sigma_max, rho: the Karras grid (see `karras_sigmas`).
+        p_mean, p_std: mean and standard deviation of log σ under the lognormal level distribution
+            (iCT: −1.1 and 2.0).
+        generator: CPU random generator for the interval indices (None: torch's global one).
+        device: device of the returned tensors.
+
+    Returns:
+        (sigma_i, sigma_next, weight): the lower level σ_i, the upper level σ_{i+1} and λ_i, each (batch,).
     """
     grid = karras_sigmas(n, sigma_min, sigma_max, rho)
     idx = sample_level_indices(lognormal_level_probs(grid, p_mean, p_std), batch, generator)
