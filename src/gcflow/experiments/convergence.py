@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from gcflow.experiments import figures
-from gcflow.experiments.common import checkpoint_models, generator, prune_checkpoints, run_metrics, set_threads, toy, train_toy
+from gcflow.randomness import experiment_generator
+from gcflow.experiments.common import checkpoint_models, prune_checkpoints, run_metrics, set_threads, toy, train_toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
-from gcflow.theory.errors import error_to_exact, exact_map_targets
+from gcflow.theory.exact_error import error_to_exact, exact_map_targets
 
 # label -> (preset, extra overrides)
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -63,7 +64,7 @@ def run(options: ConvergenceOptions, out: Path) -> ExperimentReport:
     unknown = [m for m in options.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    targets = exact_map_targets(mix, list(options.sigmas), options.n_error, generator(options.seed, 1))
+    targets = exact_map_targets(mix, list(options.sigmas), options.n_error, experiment_generator(options.seed, 1))
 
     seeds = list(options.seeds) or [options.seed]
     results: dict = {"sigmas": list(options.sigmas), "seeds": seeds, "methods": {}}

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 
 from gcflow.experiments import figures
-from gcflow.experiments.common import as_point_fn, final_model, generator, is_trainer_toy, set_threads, toy, train_toy
+from gcflow.randomness import experiment_generator
+from gcflow.experiments.common import as_point_fn, final_model, is_trainer_toy, set_threads, toy, train_toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
 from gcflow.theory.exact_map import ODETolerance, exact_consistency_map
-from gcflow.theory.proxy import (
+from gcflow.theory.discrepancy import (
     DenoiserSettings,
     exact_ic_discrepancy,
     fit_denoiser_discrepancy,
@@ -73,7 +74,7 @@ def run(options: DiscrepancyOptions, out: Path) -> ExperimentReport:
     couplings["GC (exact f⋆)"] = (generator_pairs(mix.sample, dim, exact_fn), False)
 
     # Exact values: IC with the oracle velocity; for one Gaussian also GC with f⋆ (closed form).
-    exact = exact_ic_discrepancy(mix, sigmas, options.n_exact, generator(options.seed, 1))
+    exact = exact_ic_discrepancy(mix, sigmas, options.n_exact, experiment_generator(options.seed, 1))
     results: dict = {"data": options.data, "dim": dim, "sigmas": sigmas, "exact_ic": exact.__dict__, "couplings": {}}
     if gaussian:
         s0 = float(mix.stds[0, 0])
@@ -81,7 +82,7 @@ def run(options: DiscrepancyOptions, out: Path) -> ExperimentReport:
                                   "GC (exact f⋆)": [gaussian_gc_discrepancy(s, s0, dim) for s in sigmas]}
     settings = DenoiserSettings(steps=options.mlp_steps, seed=options.seed)
     for k, (label, (coupling, level_free)) in enumerate(couplings.items()):
-        g = generator(options.seed, 10 + k)
+        g = experiment_generator(options.seed, 10 + k)
         n_kernel = options.n_kernel if use_kernel else 0
         total = options.n_train + options.n_test + n_kernel
         if level_free:  # the coupling does not depend on σ: one set of pairs serves every level

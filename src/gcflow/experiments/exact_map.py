@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from gcflow.experiments import figures
-from gcflow.experiments.common import generator, set_threads, toy
+from gcflow.randomness import experiment_generator
+from gcflow.experiments.common import set_threads, toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
 from gcflow.theory.exact_map import ODETolerance, consistency_map, consistency_map_fixed, gaussian_consistency_map
@@ -41,7 +42,7 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
     claims = []
 
     # 1. One Gaussian: f⋆ is affine and known in closed form.
-    g = generator(options.seed, 1)
+    g = experiment_generator(options.seed, 1)
     gauss = toy("gaussian")
     x, sig = _path_points(gauss, options.n_check, g)
     f = consistency_map(gauss.denoise, x, sig, 0.002, tol)
@@ -59,7 +60,7 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
     for name in options.toys:
         mix = toy(name)
         den = mix.denoise
-        x, sig = _path_points(mix, options.n_check, generator(options.seed, 2))
+        x, sig = _path_points(mix, options.n_check, experiment_generator(options.seed, 2))
         t0 = time.perf_counter()
         f = consistency_map(den, x, sig, 0.002, tol)
         t_adapt = time.perf_counter() - t0
@@ -80,12 +81,12 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
 
     # 3. Speed: thousands of points in 2-D, and the 64-D digits' empirical distribution.
     mix = toy("grid25")
-    x, sig = _path_points(mix, options.n_speed, generator(options.seed, 3))
+    x, sig = _path_points(mix, options.n_speed, experiment_generator(options.seed, 3))
     t0 = time.perf_counter()
     f_grid = consistency_map(mix.denoise, x, sig, 0.002, tol)
     t_2d = time.perf_counter() - t0
     digits = toy("digits")
-    xd, sd = _path_points(digits, options.n_digits, generator(options.seed, 4))
+    xd, sd = _path_points(digits, options.n_digits, experiment_generator(options.seed, 4))
     counter = {"n": 0}
     den = digits.denoise
 
@@ -109,7 +110,7 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
     fig, axes = figures.new_figure(3, 3.4, 3.4)
     for ax, level in zip(axes, (0.1, 0.5, 2.0)):
         n = 1500
-        g = generator(options.seed, 5)
+        g = experiment_generator(options.seed, 5)
         x0 = mix.sample(n, g)
         xs = x0 + level * torch.randn(n, 2, generator=g, dtype=torch.float64)
         fs = consistency_map(mix.denoise, xs, torch.full((n,), level, dtype=torch.float64), 0.002, tol)

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from gcflow.experiments import figures
-from gcflow.experiments.common import final_model, generator, set_threads, toy
+from gcflow.randomness import experiment_generator
+from gcflow.experiments.common import final_model, set_threads, toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
 from gcflow.networks.mlp import ToyMLP
@@ -70,8 +71,8 @@ def run(options: Theorem1Options, out: Path) -> ExperimentReport:
     while n <= options.n_max:
         ns.append(n)
         n *= 2
-    samples = CommonSamples.draw(mix.sample, options.samples, dim, generator(options.seed, 1))
-    grad_samples = CommonSamples.draw(mix.sample, options.grad_samples, dim, generator(options.seed, 2))
+    samples = CommonSamples.draw(mix.sample, options.samples, dim, experiment_generator(options.seed, 1))
+    grad_samples = CommonSamples.draw(mix.sample, options.grad_samples, dim, experiment_generator(options.seed, 2))
 
     results, claims = {}, []
     for spec in options.distances:

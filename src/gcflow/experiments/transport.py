@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from gcflow.experiments import figures
-from gcflow.experiments.common import as_point_fn, final_model, generator, set_threads, toy, train_toy
+from gcflow.randomness import experiment_generator
+from gcflow.experiments.common import as_point_fn, final_model, set_threads, toy, train_toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
 from gcflow.theory.exact_map import ODETolerance, exact_consistency_map
@@ -47,8 +48,8 @@ def run(options: TransportOptions, out: Path) -> ExperimentReport:
     results: dict = {"sigmas": sigmas}
 
     # 2-D: IC and OT costs, and c(σ) with the exact map and with a trained model.
-    results["toy"] = _costs(mix, options.n, options.ot_batches, generator(options.seed, 1))
-    g = generator(options.seed, 2)
+    results["toy"] = _costs(mix, options.n, options.ot_batches, experiment_generator(options.seed, 1))
+    g = experiment_generator(options.seed, 2)
     n_curve = max(options.n // 4, 256)
     x0 = mix.sample(n_curve, g)
     z = torch.randn(n_curve, mix.dim, generator=g, dtype=torch.float64)
@@ -67,9 +68,9 @@ def run(options: TransportOptions, out: Path) -> ExperimentReport:
     # 64-D digits: IC, OT and the exact GC curve of the empirical distribution.
     if options.digits:
         dig = toy("digits")
-        results["digits"] = _costs(dig, options.digits_n, options.ot_batches, generator(options.seed, 3))
+        results["digits"] = _costs(dig, options.digits_n, options.ot_batches, experiment_generator(options.seed, 3))
         dsig = [float(s) for s in np.geomspace(0.002, 80.0, options.digits_levels)]
-        g = generator(options.seed, 4)
+        g = experiment_generator(options.seed, 4)
         xd = dig.sample(options.digits_curve_n, g)
         zd = torch.randn(options.digits_curve_n, dig.dim, generator=g, dtype=torch.float64)
         dtol = ODETolerance(rtol=max(options.rtol, 1e-4), atol=max(options.rtol, 1e-4) / 10)

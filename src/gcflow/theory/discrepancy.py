@@ -31,6 +31,7 @@ from gcflow.networks.mlp import ToyMLP
 from gcflow.pairs.coupling import minibatch_ot_coupling
 from gcflow.pairs.gc import generator_augment
 from gcflow.pairs.types import PointFn
+from gcflow.theory.exact_map import gaussian_map_scale
 from gcflow.toy.mixture import GaussianMixture
 
 # sample_data(n, generator) -> (n, d) float64 data points.
@@ -115,7 +116,7 @@ def gaussian_gc_discrepancy(sigma: float, std: float, dim: int, sigma_min: float
     x̃ − m = c (x⋆ − m) + σ (1 + c) z is Gaussian and Var(z | x̃) = c² s² / (c² s² + σ² (1 + c)²).
     As σ → ∞ this falls like s⁴/σ⁴, against s²/σ² for IC: Theorem 2's R̃_GC ≪ R̃_IC.
     """
-    c = math.sqrt((std**2 + sigma_min**2) / (std**2 + sigma**2))
+    c = gaussian_map_scale(float(sigma), std, sigma_min)
     a = c**2 * std**2
     return dim * a / (a + sigma**2 * (1 + c) ** 2)
 
