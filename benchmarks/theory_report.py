@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gcflow.files import atomic_write_text
 from gcflow.experiments.report import cell, claims_table, figure_lines
+from gcflow.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

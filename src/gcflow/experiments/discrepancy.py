@@ -9,13 +9,14 @@ from typing import Any
 import torch
 
 from gcflow.experiments import figures
-from gcflow.randomness import experiment_generator
 from gcflow.experiments.common import as_point_fn, final_model, is_trainer_toy, set_threads, toy, train_toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
-from gcflow.theory.exact_map import ODETolerance, exact_consistency_map
+from gcflow.randomness import experiment_generator
 from gcflow.theory.discrepancy import (
+    CouplingSampler,
     DenoiserSettings,
+    DiscrepancyCurve,
     exact_ic_discrepancy,
     fit_denoiser_discrepancy,
     gaussian_gc_discrepancy,
@@ -25,7 +26,7 @@ from gcflow.theory.discrepancy import (
     kernel_discrepancy,
     minibatch_ot_pairs,
 )
-from gcflow.theory.discrepancy import CouplingSampler, DiscrepancyCurve
+from gcflow.theory.exact_map import ODETolerance, exact_consistency_map
 from gcflow.toy.mixture import GaussianMixture
 
 # The claims' thresholds.

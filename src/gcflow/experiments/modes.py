@@ -10,15 +10,22 @@ import torch
 from torch import Tensor
 
 from gcflow.experiments import figures
-from gcflow.randomness import experiment_generator
-from gcflow.experiments.common import as_point_fn, checkpoint_models, prune_checkpoints, run_metrics, set_threads, toy, train_toy
+from gcflow.experiments.common import (
+    as_point_fn,
+    checkpoint_models,
+    prune_checkpoints,
+    run_metrics,
+    set_threads,
+    toy,
+    train_toy,
+)
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
 from gcflow.metrics.wasserstein import sliced_w2, w2_exact
+from gcflow.randomness import experiment_generator
 from gcflow.sampling import sample_onestep
 from gcflow.theory.exact_map import ODETolerance, exact_consistency_map
 from gcflow.toy.mixture import GaussianMixture
-
 
 SIGMA_MAX = 80.0  # the presets' method.sigma_max
 

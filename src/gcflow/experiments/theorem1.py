@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from gcflow.experiments import figures
-from gcflow.randomness import experiment_generator
 from gcflow.experiments.common import final_model, set_threads, toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
 from gcflow.networks.mlp import ToyMLP
 from gcflow.precond import ConsistencyModel
+from gcflow.randomness import experiment_generator
 from gcflow.theory.theorem1 import (
     CommonSamples,
     Grid,
@@ -25,7 +25,6 @@ from gcflow.theory.theorem1 import (
     default_ns,
     theorem_distance,
 )
-from gcflow.toy.mixture import GaussianMixture
 
 # The claims' thresholds.
 CONVERGED_REL_ERROR = 0.05  # |N^α ΔL − limit| / limit at the largest N for "converges to the limit"

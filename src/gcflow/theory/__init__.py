@@ -7,15 +7,6 @@
 * `transport`: transport cost of IC, minibatch OT and GC.
 """
 
-from gcflow.theory.exact_error import ExactMapTargets, error_to_exact, exact_map_targets
-from gcflow.theory.exact_map import (
-    ODETolerance,
-    consistency_map,
-    consistency_map_fixed,
-    exact_consistency_map,
-    gaussian_consistency_map,
-    gaussian_map_scale,
-)
 from gcflow.theory.discrepancy import (
     DenoiserSettings,
     exact_ic_discrepancy,
@@ -26,6 +17,15 @@ from gcflow.theory.discrepancy import (
     independent_pairs,
     kernel_discrepancy,
     minibatch_ot_pairs,
+)
+from gcflow.theory.exact_error import ExactMapTargets, error_to_exact, exact_map_targets
+from gcflow.theory.exact_map import (
+    ODETolerance,
+    consistency_map,
+    consistency_map_fixed,
+    exact_consistency_map,
+    gaussian_consistency_map,
+    gaussian_map_scale,
 )
 from gcflow.theory.theorem1 import CommonSamples, Grid, check_gradients, check_theorem1, theorem_distance
 from gcflow.theory.transport import gaussian_costs, generator_cost_curve, independent_cost, minibatch_ot_cost
