@@ -103,9 +103,9 @@ class DiscrepancyResults:
     def to_dict(self) -> dict[str, Any]:
         """The results.json entry (key order as published)."""
         out: dict[str, Any] = {"data": self.data, "dim": self.dim, "sigmas": self.sigmas, "exact_ic": self.exact_ic.__dict__}
+        out["couplings"] = self.couplings
         if self.closed_form is not None:
             out["closed_form"] = self.closed_form
-        out["couplings"] = self.couplings
         if self.gc_model_over_ic is not None:
             out["gc_model_over_ic"] = self.gc_model_over_ic
         out["gc_over_ic"] = self.gc_over_ic
