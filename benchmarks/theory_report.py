@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from gcflow.experiments.report import cell, claims_table, figure_lines
+from gcflow.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +61,8 @@ def gather(base: Path, docs: Path, results_json: Path) -> None:
                         "seconds": result["seconds"], "claims": result["claims"],
                         "notes": [n.replace(str(ROOT) + "/", "") for n in result.get("notes", [])],
                         "figures": pictures, "environment": result.get("environment", {})})
-    results_json.write_text(json.dumps({"studies": studies}, indent=1, ensure_ascii=False) + "\n")
-    (docs / "theory.md").write_text(render(studies))
+    atomic_write_text(results_json, json.dumps({"studies": studies}, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(docs / "theory.md", render(studies))
 
 
 def render(studies: list[dict]) -> str:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gcflow.theory.errors import error_to_exact, exact_map_targets
+from gcflow.theory.exact_error import error_to_exact, exact_map_targets
 from gcflow.theory.exact_map import (
     ODETolerance,
     consistency_map,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gcflow.theory.exact_map import gaussian_consistency_map
-from gcflow.theory.proxy import (
+from gcflow.theory.discrepancy import (
     DenoiserSettings,
     draw_pair_sets,
     exact_ic_discrepancy,

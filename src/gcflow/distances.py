@@ -35,7 +35,7 @@ def squared_l2(a: Tensor, b: Tensor) -> Tensor:
     return flatten_samples(a - b).pow(2).sum(dim=1)
 
 
-def l1_norm(a: Tensor, b: Tensor) -> Tensor:
+def l2_norm(a: Tensor, b: Tensor) -> Tensor:
     """The Euclidean norm ‖a − b‖ per sample (φ(x) = x, i.e. α = 1 in Theorem 1)."""
     return flatten_samples(a - b).norm(dim=1)
 
@@ -43,24 +43,36 @@ def l1_norm(a: Tensor, b: Tensor) -> Tensor:
 DISTANCES: dict[str, Distance] = {
     "pseudo_huber": pseudo_huber,
     "l2": squared_l2,
-    "l1": l1_norm,
+    "l2_norm": l2_norm,
 }
+
+# Old names still accepted (configs saved with them load and train identically): "l1" was the norm's
+# first name, though it is the Euclidean norm, not the L1 norm.
+DISTANCE_ALIASES: dict[str, str] = {"l1": "l2_norm"}
+
+# Every name a configuration may use: the registry's names and the aliases.
+DISTANCE_NAMES: tuple[str, ...] = (*DISTANCES, *DISTANCE_ALIASES)
+
+
+def canonical_distance(name: str) -> str:
+    """The registry name for `name` (an alias maps to its distance); unknown names fail with the choices."""
+    name = DISTANCE_ALIASES.get(name, name)
+    if name not in DISTANCES:
+        raise KeyError(f"unknown distance {name!r}; choose one of {sorted(DISTANCE_NAMES)}")
+    return name
+
 
 # (C, α) with φ(x) ~ C x^α near 0, for Theorem 1; pseudo-Huber's C = 1/(2c) depends on d.
 def distance_exponent(name: str, dim: int) -> tuple[float, float]:
-    """Return (C, α) such that φ(x) ≈ C x^α as x → 0 for the named distance on dimension `dim`."""
+    """Return (C, α) such that φ(x) ≈ C x^α as x → 0 for the named distance (or alias) on dimension `dim`."""
+    name = canonical_distance(name)
     if name == "pseudo_huber":
         return 1.0 / (2.0 * pseudo_huber_c(dim)), 2.0
     if name == "l2":
         return 1.0, 2.0
-    if name == "l1":
-        return 1.0, 1.0
-    raise KeyError(f"unknown distance {name!r}; choose one of {sorted(DISTANCES)}")
+    return 1.0, 1.0  # l2_norm
 
 
 def get_distance(name: str) -> Distance:
-    """Look up a distance by name; unknown names fail with the list of choices."""
-    try:
-        return DISTANCES[name]
-    except KeyError:
-        raise KeyError(f"unknown distance {name!r}; choose one of {sorted(DISTANCES)}") from None
+    """Look up a distance by name or alias; unknown names fail with the list of choices."""
+    return DISTANCES[canonical_distance(name)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-ConsistencyFn = Callable[[Tensor, Tensor], Tensor]
+from gcflow.pairs.types import PointFn
+
+# f(x (B, *D), σ (B,)) -> (B, *D): a consistency function, the project's (x, σ) -> Tensor type.
+ConsistencyFn = PointFn
 
 
 def seeded_normal(seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:

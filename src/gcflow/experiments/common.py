@@ -51,11 +51,6 @@ def digits_mixture() -> GaussianMixture:
     return GaussianMixture.empirical(x)
 
 
-def generator(seed: int, stream: int) -> torch.Generator:
-    """A CPU generator for one named part of an experiment (parts are independent of each other's draws)."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(stream))
-
-
 def train_toy(run_dir: Path, preset: str, overrides: list[str], *, keep_all: bool = True) -> dict[str, Any]:
     """Train with the bundled trainer from `preset` + overrides into `run_dir`; returns its summary.
 

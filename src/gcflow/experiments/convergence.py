@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gcflow.experiments import figures
-from gcflow.experiments.common import checkpoint_models, generator, prune_checkpoints, run_metrics, set_threads, toy, train_toy
+from gcflow.experiments.common import checkpoint_models, prune_checkpoints, run_metrics, set_threads, toy, train_toy
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
-from gcflow.theory.errors import error_to_exact, exact_map_targets
+from gcflow.randomness import experiment_generator
+from gcflow.theory.exact_error import ExactMapTargets, error_to_exact, exact_map_targets
 
 # label -> (preset, extra overrides)
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -57,51 +59,62 @@ def lower_verdict(a: list[float], b: list[float]) -> str:
     return "inconclusive"
 
 
-def run(options: ConvergenceOptions, out: Path) -> ExperimentReport:
-    set_threads(options.threads)
+def _train_method(label: str, options: ConvergenceOptions, seeds: list[int], targets: ExactMapTargets, out: Path,
+                  results: dict[str, Any]) -> None:
+    """Train `label` once per seed and record its curves (and the W2 noise floor) in `results`."""
+    preset, extra = METHODS[label]
+    per_seed = []
+    for seed in seeds:
+        run_dir = out / "runs" / f"{label.split()[0].lower()}-seed{seed}"
+        overrides = [
+            f"data.name={options.data}", f"train.steps={options.steps}", f"train.eval_every={options.eval_every}",
+            f"train.checkpoint_every={options.eval_every}", f"train.batch_size={options.batch_size}", f"train.seed={seed}",
+            f"train.eval_samples={options.eval_samples}", "train.device=cpu", *extra, *options.extra,
+        ]
+        if label == "GC":
+            overrides.append(f"method.gc_mu={options.gc_mu}")
+        summary = train_toy(run_dir, preset, overrides)
+        records = run_metrics(run_dir)
+        errors = {step: error_to_exact(model, targets) for step, model in checkpoint_models(run_dir)}
+        prune_checkpoints(run_dir)
+        steps = [r["step"] for r in records]
+        per_seed.append({
+            "seed": seed, "steps": steps, "w2": [r["w2"] for r in records], "sliced_w2": [r["sliced_w2"] for r in records],
+            "error_to_exact": [errors[st] for st in steps], "seconds": summary.get("wall_seconds"),
+        })
+        results["w2_noise_floor"] = records[-1]["w2_noise_floor"]
+    w2 = np.array([p["w2"] for p in per_seed])
+    err = np.array([p["error_to_exact"] for p in per_seed])  # (seeds, evaluations, levels)
+    results["methods"][label] = {
+        "steps": per_seed[0]["steps"],
+        "w2": w2.mean(0).tolist(),
+        "w2_std": w2.std(0).tolist(),
+        "error_to_exact": err.mean(0).tolist(),
+        "mean_error_to_exact": err.mean(axis=(0, 2)).tolist(),
+        "mean_error_to_exact_std": err.mean(2).std(0).tolist(),
+        "per_seed": per_seed,
+    }
+
+
+
+def measure(options: ConvergenceOptions, out: Path) -> dict[str, Any]:
+    """Train every method on every seed; W2 and the error to f⋆ at each evaluation, per seed and averaged."""
     mix = toy(options.data)
     unknown = [m for m in options.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    targets = exact_map_targets(mix, list(options.sigmas), options.n_error, generator(options.seed, 1))
+    targets = exact_map_targets(mix, list(options.sigmas), options.n_error, experiment_generator(options.seed, 1))
 
     seeds = list(options.seeds) or [options.seed]
     results: dict = {"sigmas": list(options.sigmas), "seeds": seeds, "methods": {}}
     for label in options.methods:
-        preset, extra = METHODS[label]
-        per_seed = []
-        for seed in seeds:
-            run_dir = out / "runs" / f"{label.split()[0].lower()}-seed{seed}"
-            overrides = [
-                f"data.name={options.data}", f"train.steps={options.steps}", f"train.eval_every={options.eval_every}",
-                f"train.checkpoint_every={options.eval_every}", f"train.batch_size={options.batch_size}", f"train.seed={seed}",
-                f"train.eval_samples={options.eval_samples}", "train.device=cpu", *extra, *options.extra,
-            ]
-            if label == "GC":
-                overrides.append(f"method.gc_mu={options.gc_mu}")
-            summary = train_toy(run_dir, preset, overrides)
-            records = run_metrics(run_dir)
-            errors = {step: error_to_exact(model, targets) for step, model in checkpoint_models(run_dir)}
-            prune_checkpoints(run_dir)
-            steps = [r["step"] for r in records]
-            per_seed.append({
-                "seed": seed, "steps": steps, "w2": [r["w2"] for r in records], "sliced_w2": [r["sliced_w2"] for r in records],
-                "error_to_exact": [errors[st] for st in steps], "seconds": summary.get("wall_seconds"),
-            })
-            results["w2_noise_floor"] = records[-1]["w2_noise_floor"]
-        w2 = np.array([p["w2"] for p in per_seed])
-        err = np.array([p["error_to_exact"] for p in per_seed])  # (seeds, evaluations, levels)
-        results["methods"][label] = {
-            "steps": per_seed[0]["steps"],
-            "w2": w2.mean(0).tolist(),
-            "w2_std": w2.std(0).tolist(),
-            "error_to_exact": err.mean(0).tolist(),
-            "mean_error_to_exact": err.mean(axis=(0, 2)).tolist(),
-            "mean_error_to_exact_std": err.mean(2).std(0).tolist(),
-            "per_seed": per_seed,
-        }
+        _train_method(label, options, seeds, targets, out, results)
+    return results
 
-    # Figures: W2 and the mean error to f⋆ against step; the final error per level.
+
+def draw_figures(options: ConvergenceOptions, results: dict[str, Any], out: Path) -> None:
+    """convergence.png: W2 and the mean error to f⋆ against step; the final error per level."""
+    seeds = results["seeds"]
     fig, axes = figures.new_figure(3, 4.2, 3.4)
     for label, r in results["methods"].items():
         figures.line(axes[0], r["steps"], r["w2"], label)
@@ -119,7 +132,10 @@ def run(options: ConvergenceOptions, out: Path) -> ExperimentReport:
         ax.legend(fontsize=7)
     figures.save(fig, out / "convergence.png")
 
-    # Claims.
+
+def claims(results: dict[str, Any]) -> list[Claim]:
+    """GC vs IC (final and early W2), OT vs IC, and oracle CD vs IC in error to f⋆; verdicts weigh the seeds' spread."""
+    seeds = results["seeds"]
     m = results["methods"]
     claims = []
     # Per seed: the final W2 (mean of the last two evaluations, to damp evaluation noise) and the W2 at the
@@ -165,12 +181,20 @@ def run(options: ConvergenceOptions, out: Path) -> ExperimentReport:
             "final mean error to f⋆: " + ", ".join(f"{k} {fmt(v)}" for k, v in err_final.items()) + ".",
             "measured",
         ))
+    return claims
+
+
+def run(options: ConvergenceOptions, out: Path) -> ExperimentReport:
+    set_threads(options.threads)
+    results = measure(options, out)
+    draw_figures(options, results, out)
+    seeds = results["seeds"]
     return ExperimentReport(
         title="Convergence of IC, OT, GC and oracle CD",
         summary=(f"Each method is trained with the bundled trainer on `{options.data}` for {options.steps} steps (batch {options.batch_size}, seeds {', '.join(map(str, seeds))}); "
                  f"every {options.eval_every} steps we record the trainer's W2 of one-step samples and the error E‖f_θ(x_σ, σ) − f⋆(x_σ, σ)‖² of the EMA model "
                  f"against the exact consistency map on {len(options.sigmas)} levels."),
-        claims=claims,
+        claims=claims(results),
         results=results,
         figures={"convergence.png": "W2 of one-step samples and error to the exact map against training step; final error per σ"},
         notes=[("One seed per method: differences of a few percent are within run-to-run noise; rerun with several seeds (seeds=0,1,2, the default) to see the spread."

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from gcflow.files import atomic_write  # noqa: E402
+
 
 def new_figure(panels: int, width: float = 4.2, height: float = 3.3):
     """A row of `panels` axes."""
@@ -18,8 +20,9 @@ def new_figure(panels: int, width: float = 4.2, height: float = 3.3):
 
 
 def save(fig, path: Path) -> None:
+    """Write `fig` as a PNG to `path` atomically (gcflow.files) and close it."""
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
 
 

@@ -10,14 +10,22 @@ import torch
 from torch import Tensor
 
 from gcflow.experiments import figures
-from gcflow.experiments.common import as_point_fn, checkpoint_models, generator, prune_checkpoints, run_metrics, set_threads, toy, train_toy
+from gcflow.experiments.common import (
+    as_point_fn,
+    checkpoint_models,
+    prune_checkpoints,
+    run_metrics,
+    set_threads,
+    toy,
+    train_toy,
+)
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport, fmt
 from gcflow.metrics.wasserstein import sliced_w2, w2_exact
+from gcflow.randomness import experiment_generator
 from gcflow.sampling import sample_onestep
 from gcflow.theory.exact_map import ODETolerance, exact_consistency_map
 from gcflow.toy.mixture import GaussianMixture
-
 
 SIGMA_MAX = 80.0  # the presets' method.sigma_max
 
@@ -78,7 +86,7 @@ def marginal_shift(predict, mixture: GaussianMixture, sigmas: list[float], n: in
     """
     w2, sw2, floor = [], [], []
     for k, s in enumerate(sigmas):
-        g = generator(seed, 100 + k)
+        g = experiment_generator(seed, 100 + k)
         x_ic = mixture.sample(n, g) + s * torch.randn(n, mixture.dim, generator=g, dtype=torch.float64)
         x_ic2 = mixture.sample(n, g) + s * torch.randn(n, mixture.dim, generator=g, dtype=torch.float64)
         x0 = mixture.sample(n, g)
@@ -95,7 +103,7 @@ def run(options: ModesOptions, out: Path) -> ExperimentReport:
     set_threads(options.threads)
     mix = toy(options.data)
     k = mix.num_components
-    z_eval = torch.randn(options.samples, mix.dim, generator=generator(options.seed, 1))
+    z_eval = torch.randn(options.samples, mix.dim, generator=experiment_generator(options.seed, 1))
     results: dict = {"mus": list(options.mus), "runs": {}}
     final_models = {}
     for mu in options.mus:

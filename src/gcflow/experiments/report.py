@@ -16,6 +16,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from gcflow.files import atomic_write_text
+
 VERDICTS = ("agrees", "disagrees", "partly", "inconclusive", "measured")
 
 
@@ -104,7 +106,7 @@ def write_report(out: Path, name: str, command: str, options: dict[str, Any], re
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
                         "threads": torch.get_num_threads()},
     }
-    (out / "results.json").write_text(json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
     lines = [f"# {report.title}", "", report.summary, "", f"Command: `{command}`  ", f"Run time: {seconds:.0f} s on {torch.get_num_threads()} CPU thread(s).", ""]
     lines += ["## Claims and measurements", ""] + claims_table((c.claim, c.measured, c.verdict) for c in report.claims)
     if report.figures:
@@ -114,7 +116,7 @@ def write_report(out: Path, name: str, command: str, options: dict[str, Any], re
     if report.notes:
         lines += ["", "## Notes", ""] + [f"* {n}" for n in report.notes]
     lines += ["", "## Options", "", "```"] + [f"{k} = {v}" for k, v in options.items()] + ["```", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
 
 
 def claims_table(claims: Iterable[tuple[str, str, str]]) -> list[str]:

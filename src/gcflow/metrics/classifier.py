@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gcflow.data.common import to_unit_range
 from gcflow.metrics.protocol import MetricError
 
 METADATA_KEY = "gcflow_classifier"
@@ -98,11 +99,6 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Class logits (N, num_classes) of images scaled to [−1, 1]."""
         return self.head(self.body(x))
-
-
-def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 images → float32 in [−1, 1]."""
-    return images.to(torch.float32) / 127.5 - 1.0
 
 
 @dataclass

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from gcflow.pairs.types import PointFn
 from gcflow.toy.mixture import GaussianMixture
 
-# D(x (B, d) float64, σ (B,) float64) -> (B, d) float64: an (ideal) denoiser.
-Denoiser = Callable[[Tensor, Tensor], Tensor]
+# D(x (B, d) float64, σ (B,) float64) -> (B, d) float64: an (ideal) denoiser, the project's (x, σ) -> Tensor type.
+Denoiser = PointFn
+Level = TypeVar("Level", float, Tensor)
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 FIXED_METHODS = ("rk4", "midpoint", "euler")
@@ -153,11 +155,21 @@ def exact_consistency_map(
 
 
 def gaussian_consistency_map(x: Tensor, sigma: Tensor | float, mean: Tensor | float, std: float, sigma_min: float = 0.002) -> Tensor:
-    """Closed form for data N(m, s²I): f⋆(x, σ) = m + sqrt((s² + σ_min²)/(s² + σ²)) (x − m).
+    """Closed form for data N(m, s²I): f⋆(x, σ) = m + c(σ) (x − m), c(σ) = sqrt((s² + σ_min²)/(s² + σ²)).
 
     x: (B, d), sigma: (B,) or scalar, mean: (d,) or scalar -> (B, d) float64.
     """
     xf, sig = _prepare(x, sigma)
     m = torch.as_tensor(mean, dtype=torch.float64, device=xf.device)
-    scale = torch.sqrt((std**2 + sigma_min**2) / (std**2 + sig**2))
+    scale = gaussian_map_scale(sig, std, sigma_min)
     return (m + scale[:, None] * (xf - m)).reshape(x.shape)
+
+
+def gaussian_map_scale(sigma: Level, std: float, sigma_min: float = 0.002) -> Level:
+    """The slope c(σ) = sqrt((s² + σ_min²)/(s² + σ²)) of the exact map of N(m, s²I): f⋆(x, σ) = m + c(σ) (x − m).
+
+    `sigma` is a float (returns a float) or a tensor of any shape (returns a tensor of that shape). The
+    closed-form GC discrepancy and transport cost of a Gaussian are written in terms of this c.
+    """
+    ratio = (std**2 + sigma_min**2) / (std**2 + sigma**2)
+    return torch.sqrt(ratio) if isinstance(ratio, Tensor) else math.sqrt(ratio)

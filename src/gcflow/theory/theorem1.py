@@ -37,7 +37,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from gcflow.distances import distance_exponent, l1_norm, pseudo_huber, pseudo_huber_c, squared_l2
+from gcflow.distances import DISTANCE_NAMES, Distance, distance_exponent, get_distance, pseudo_huber, pseudo_huber_c
+from gcflow.loss import consistency_loss
+from gcflow.pairs import cd_pairs, ct_pairs
 from gcflow.pairs.types import PointFn
 
 Weighting = Callable[[Tensor], Tensor]
@@ -48,28 +50,27 @@ class TheoremDistance:
     """A distance d(a, b) = φ(‖a − b‖) with its small-argument law φ(r) ≈ C r^α.
 
     Attributes:
-        name: "l2" (squared norm), "pseudo_huber" or "l1" (the norm).
+        name: "l2" (squared norm), "pseudo_huber" or "l2_norm" (the norm; its old name "l1" is kept as given).
         fn: d(a (B, d), b (B, d)) -> (B,).
         C: the constant C.
         alpha: the exponent α.
     """
 
     name: str
-    fn: Callable[[Tensor, Tensor], Tensor]
+    fn: Distance
     C: float
     alpha: float
 
 
 def theorem_distance(name: str, dim: int, huber_c: float | None = None) -> TheoremDistance:
-    """The named distance on dimension `dim`; pseudo-Huber uses c = 0.00054·sqrt(d) unless `huber_c` is given."""
+    """The named distance (or alias) on dimension `dim`; pseudo-Huber uses c = 0.00054·sqrt(d) unless `huber_c` is given."""
     if name == "pseudo_huber":
         c = pseudo_huber_c(dim) if huber_c is None else float(huber_c)
         return TheoremDistance(name, lambda a, b: pseudo_huber(a, b, c), 1.0 / (2.0 * c), 2.0)
-    fns = {"l2": squared_l2, "l1": l1_norm}
-    if name not in fns:
-        raise KeyError(f"unknown distance {name!r}; choose one of ['l1', 'l2', 'pseudo_huber']")
+    if name not in DISTANCE_NAMES:
+        raise KeyError(f"unknown distance {name!r}; choose one of {sorted(DISTANCE_NAMES)}")
     C, alpha = distance_exponent(name, dim)
-    return TheoremDistance(name, fns[name], C, alpha)
+    return TheoremDistance(name, get_distance(name), C, alpha)
 
 
 def unit_weighting(t: Tensor) -> Tensor:
@@ -128,18 +129,19 @@ class Grid:
         return self.t_lo + u * self.length
 
 
-def _per_sample_losses(f: PointFn, velocity: PointFn, s: CommonSamples, grid: Grid, n: int, dist: TheoremDistance, weighting: Weighting) -> tuple[Tensor, Tensor]:
-    """Per-sample λ d(·,·) for CT and CD on a grid of n intervals; each (M,). Targets carry no gradient."""
+def _per_sample_losses(
+    f: PointFn, velocity: PointFn, s: CommonSamples, grid: Grid, n: int, dist: TheoremDistance, weighting: Weighting
+) -> tuple[Tensor, Tensor]:
+    """Per-sample λ d(·,·) for CT and CD on a grid of n intervals; each (M,). Targets carry no gradient.
+
+    The pairs and the loss are the library's (`ct_pairs`, `cd_pairs` with an Euler step, `consistency_loss`),
+    so the theorem is measured on exactly what the trainer optimises.
+    """
     t_i, t_n = grid.interval(s.u, n)
-    x_next = s.x0 + t_n[:, None] * s.z
-    x_ct = s.x0 + t_i[:, None] * s.z
-    with torch.no_grad():
-        x_cd = x_next - (t_n - t_i)[:, None] * velocity(x_next, t_n)
-        target_ct = f(x_ct, t_i)
-        target_cd = f(x_cd, t_i)
-    online = f(x_next, t_n)
     lam = weighting(t_i)
-    return lam * dist.fn(online, target_ct), lam * dist.fn(online, target_cd)
+    ct = ct_pairs(s.x0, s.z, t_i, t_n, lam)
+    cd = cd_pairs(s.x0, s.z, t_i, t_n, lam, velocity, solver="euler")
+    return consistency_loss(f, ct, dist.fn), consistency_loss(f, cd, dist.fn)
 
 
 def directional_derivatives(f: PointFn, x: Tensor, t: Tensor, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from gcflow.pairs.coupling import minibatch_ot_coupling
 from gcflow.pairs.types import PointFn
+from gcflow.theory.exact_map import gaussian_map_scale
 
 
 @dataclass
@@ -61,7 +62,7 @@ def gaussian_costs(sigma: float, std: float, dim: int, mean_sq_norm: float = 0.0
     GC with f⋆: x̂ = m + c (x⋆ − m + σ z), c = sqrt((s² + σ_min²)/(s² + σ²)), so
     c(σ) = ‖m‖² + d (c² s² + (c σ − 1)²).
     """
-    c = math.sqrt((std**2 + sigma_min**2) / (std**2 + sigma**2))
+    c = gaussian_map_scale(float(sigma), std, sigma_min)
     return {
         "ic": mean_sq_norm + dim * (std**2 + 1.0),
         "ot": mean_sq_norm + dim * (std - 1.0) ** 2,

@@ -59,7 +59,7 @@ class MethodConfig:
     gc_predictor: str = _f("ema", "GC predictor: ema (default), online, or frozen (a trained run, see gc_checkpoint)")
     gc_checkpoint: str = _f("", "run folder or checkpoint file of the frozen GC predictor")
     cd_solver: str = _f("euler", "ODE step for CD pairs: euler or heun")
-    distance: str = _f("pseudo_huber", "distance: pseudo_huber, l2 (squared) or l1 (norm)")
+    distance: str = _f("pseudo_huber", "distance: pseudo_huber, l2 (squared norm) or l2_norm (Euclidean norm; old name l1)")
     sigma_min: float = _f(0.002, "smallest noise level")
     sigma_max: float = _f(80.0, "largest noise level")
     sigma_data: float = _f(0.5, "data standard deviation used by the preconditioning")
@@ -117,7 +117,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.coupling": ("independent", "ot"),
     "method.gc_predictor": ("ema", "online", "frozen"),
     "method.cd_solver": ("euler", "heun"),
-    "method.distance": ("pseudo_huber", "l2", "l1"),
+    "method.distance": ("pseudo_huber", "l2", "l2_norm", "l1"),  # "l1": old name of l2_norm, still accepted
     "optim.name": ("lion", "adam"),
     "train.nonfinite": ("stop", "skip"),
     "train.precision": ("auto", "fp32", "bf16"),

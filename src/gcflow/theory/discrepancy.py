@@ -31,6 +31,9 @@ from gcflow.networks.mlp import ToyMLP
 from gcflow.pairs.coupling import minibatch_ot_coupling
 from gcflow.pairs.gc import generator_augment
 from gcflow.pairs.types import PointFn
+from gcflow.precond import edm_scalings
+from gcflow.shapes import per_sample
+from gcflow.theory.exact_map import gaussian_map_scale
 from gcflow.toy.mixture import GaussianMixture
 
 # sample_data(n, generator) -> (n, d) float64 data points.
@@ -115,7 +118,7 @@ def gaussian_gc_discrepancy(sigma: float, std: float, dim: int, sigma_min: float
     x̃ − m = c (x⋆ − m) + σ (1 + c) z is Gaussian and Var(z | x̃) = c² s² / (c² s² + σ² (1 + c)²).
     As σ → ∞ this falls like s⁴/σ⁴, against s²/σ² for IC: Theorem 2's R̃_GC ≪ R̃_IC.
     """
-    c = math.sqrt((std**2 + sigma_min**2) / (std**2 + sigma**2))
+    c = gaussian_map_scale(float(sigma), std, sigma_min)
     a = c**2 * std**2
     return dim * a / (a + sigma**2 * (1 + c) ** 2)
 
@@ -225,12 +228,9 @@ class NoiseLevelDenoiser(nn.Module):
         self.sigma_data = sigma_data
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        sd2 = self.sigma_data**2
-        s2 = sigma[:, None] ** 2
-        c_skip = sd2 / (s2 + sd2)
-        c_out = sigma[:, None] * self.sigma_data / torch.sqrt(s2 + sd2)
-        c_in = 1.0 / torch.sqrt(s2 + sd2)
-        return c_skip * x + c_out * self.net(c_in * x, torch.log(sigma) / 4.0)
+        """x: (B, d), sigma: (B,) -> D(x, σ): (B, d)."""
+        s = edm_scalings(sigma, self.sigma_data)
+        return per_sample(s.c_skip, x) * x + per_sample(s.c_out, x) * self.net(per_sample(s.c_in, x) * x, s.c_noise)
 
 
 @dataclass(frozen=True)
