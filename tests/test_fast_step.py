@@ -18,8 +18,11 @@ from gcflow.training.config import apply_overrides
 from gcflow.training.lion import Lion
 from gcflow.training.presets import load_preset
 from gcflow.training.step import TrainStep
-from gcflow.training.trainer import TrainingError, _predictor, _raise_on_fault, _record_fault
+from gcflow.training.distributed import World
+from gcflow.training.faults import TrainingError, new_fault_record, raise_on_fault, record_fault
+from gcflow.training.predictor import build_gc_predictor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from reference_step import RefBatch, reference_loss  # noqa: E402
 from step import RandomImages  # noqa: E402
@@ -49,7 +52,7 @@ def _parts(method: str, extra: list[str] = (), perturb: bool = False, device: st
     model = set_memory_format(base, cfg)
     ema = make_ema(model)
     opt = build_optimizer(model, cfg)
-    predictor = _predictor(cfg, model, ema, dev) if cfg.method.gc_mu > 0 else None
+    predictor = build_gc_predictor(cfg, model, ema, dev) if cfg.method.gc_mu > 0 else None
     step = TrainStep(cfg, RandomImages(SHAPE, cfg.train.batch_size, dev), model, ema, opt, device=dev,
                      decay=cfg.optim.ema_decay, predictor=predictor)
     return cfg, step, reference
@@ -140,14 +143,14 @@ def test_padding_the_predictor_rows_changes_nothing():
 
 
 def test_deferred_nonfinite_check_names_the_first_bad_step():
-    fault = torch.zeros(3, dtype=torch.float64)
+    fault = new_fault_record(torch.device("cpu"))
     ok, nan, inf = torch.tensor(0.5), torch.tensor(float("nan")), torch.tensor(float("inf"))
-    _record_fault(fault, 1, ok, ok)
-    _raise_on_fault(fault, __import__("gcflow.training.distributed", fromlist=["World"]).World())  # nothing recorded: no error
-    _record_fault(fault, 2, ok, inf)
-    _record_fault(fault, 3, nan, nan)
+    record_fault(fault, 1, ok, ok)
+    raise_on_fault(fault, World())  # nothing recorded: no error
+    record_fault(fault, 2, ok, inf)
+    record_fault(fault, 3, nan, nan)
     with pytest.raises(TrainingError, match=r"non-finite gradient at step 2 \(loss=0.5, grad norm=inf\).*likely cause"):
-        _raise_on_fault(fault, __import__("gcflow.training.distributed", fromlist=["World"]).World())
+        raise_on_fault(fault, World())
 
 
 @needs_cuda

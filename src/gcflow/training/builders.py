@@ -10,6 +10,7 @@ from torch import nn
 from gcflow.networks.mlp import ToyMLP
 from gcflow.precond import ConsistencyModel
 from gcflow.training.config import Config, ConfigError
+from gcflow.training.data_source import data_shape
 
 
 def _mlp(cfg: Config, shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -108,3 +109,11 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
     return dev
+
+
+def describe_network(cfg: Config) -> str:
+    """'network: <kind>, <N> parameters, data shape (...)' of the configured network, without loading data."""
+    shape, classes = data_shape(cfg)
+    model = build_model(cfg, shape, classes)
+    n = sum(p.numel() for p in model.parameters())
+    return f"network: {cfg.network.kind}, {n:,} parameters, data shape {shape}"
