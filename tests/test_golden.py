@@ -12,8 +12,16 @@ from gcflow.training.config import apply_overrides
 from gcflow.training.presets import load_preset
 from gcflow.training.trainer import train
 
-TINY = ["train.steps=30", "train.batch_size=64", "train.eval_every=0", "train.eval_samples=64",
-        "train.checkpoint_every=0", "network.width=32", "network.depth=1", "train.seed=3"]
+TINY = [
+    "train.steps=30",
+    "train.batch_size=64",
+    "train.eval_every=0",
+    "train.eval_samples=64",
+    "train.checkpoint_every=0",
+    "network.width=32",
+    "network.depth=1",
+    "train.seed=3",
+]
 
 # preset -> mean loss over steps 1..30 (summary.json "loss"), from the pre-refactor trainer.
 GOLDEN_LOSS = {

@@ -51,3 +51,5 @@ def test_class_conditional_digits(tmp_path, cache, preset):
     cfg = apply_overrides(load_preset(preset), TINY + ["network.class_conditional=true", "train.steps=6"])
     res = train(cfg, tmp_path / "cond", progress=False, log=lambda *_: None)
     assert res.summary["step"] == 6
+    loaded = load_run(res.run_dir)
+    assert loaded.num_classes == 10 and loaded.config.network.class_conditional

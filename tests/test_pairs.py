@@ -3,7 +3,15 @@ import itertools
 import pytest
 import torch
 
-from gcflow.pairs import PairRecipe, build_pairs, ct_pairs, generator_augment, get_coupling, minibatch_ot_coupling, select_gc
+from gcflow.pairs import (
+    PairRecipe,
+    build_pairs,
+    ct_pairs,
+    generator_augment,
+    get_coupling,
+    minibatch_ot_coupling,
+    select_gc,
+)
 from gcflow.pairs.coupling import ot_assignment
 from gcflow.sigmas import sample_noise_levels
 

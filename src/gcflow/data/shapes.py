@@ -4,9 +4,14 @@ from __future__ import annotations
 
 # name -> ((C, H, W) at the native resolution, number of classes; 0 = unlabelled)
 DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
-    "cifar10": ((3, 32, 32), 10), "imagenet32": ((3, 32, 32), 1000), "celeba64": ((3, 64, 64), 0),
-    "lsun-church64": ((3, 64, 64), 0), "ffhq64": ((3, 64, 64), 0), "digits": ((1, 8, 8), 10),
-    "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "imagenet32": ((3, 32, 32), 1000),
+    "celeba64": ((3, 64, 64), 0),
+    "lsun-church64": ((3, 64, 64), 0),
+    "ffhq64": ((3, 64, 64), 0),
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
 }
 FOLDER_DEFAULT_RESOLUTION = 64  # an image folder is resized/centre-cropped to this side unless told otherwise
 

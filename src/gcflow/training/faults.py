@@ -20,10 +20,17 @@ class Interrupted(Exception):
 
 def nonfinite_message(step: int, loss: float, grad_norm: float) -> str:
     """One line naming the first non-finite step, what was non-finite, and the usual fix."""
-    what = ("loss" if not math.isfinite(loss) else "gradient" if not math.isfinite(grad_norm)
-            else "loss or gradient (on another process)")
-    return (f"non-finite {what} at step {step} (loss={loss:.4g}, grad norm={grad_norm:.4g}); "
-            "likely cause: learning rate too high or non-finite data; lower optim.lr or check the data")
+    what = (
+        "loss"
+        if not math.isfinite(loss)
+        else "gradient"
+        if not math.isfinite(grad_norm)
+        else "loss or gradient (on another process)"
+    )
+    return (
+        f"non-finite {what} at step {step} (loss={loss:.4g}, grad norm={grad_norm:.4g}); "
+        "likely cause: learning rate too high or non-finite data; lower optim.lr or check the data"
+    )
 
 
 def new_fault_record(device: torch.device) -> Tensor:

@@ -71,8 +71,9 @@ def _checkpoint_to_load(path: Path) -> ckpt.Checkpoint:
     if chk is None:
         raise ckpt.CheckpointError(f"run folder {path} has no valid checkpoint")
     if to_dict(config_from_meta(chk)) != to_dict(read_run_config(path)):  # (both with today's defaults filled in)
-        raise ckpt.CheckpointError(f"checkpoint {chk.path} was written by another config than "
-                                   f"{path / 'config.json'}; refusing to load it")
+        raise ckpt.CheckpointError(
+            f"checkpoint {chk.path} was written by another config than {path / 'config.json'}; refusing to load it"
+        )
     return chk
 
 
@@ -81,8 +82,9 @@ def read_run_config(run_dir: Path) -> Config:
     try:
         return load_config(run_dir / "config.json")
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {run_dir / 'config.json'}: {type(exc).__name__}; "
-                          "the run folder is damaged") from None
+        raise ConfigError(
+            f"cannot read {run_dir / 'config.json'}: {type(exc).__name__}; the run folder is damaged"
+        ) from None
 
 
 def config_from_meta(chk: ckpt.Checkpoint) -> Config:
@@ -93,7 +95,9 @@ def config_from_meta(chk: ckpt.Checkpoint) -> Config:
 # -- Checkpoint tensors ------------------------------------------------------------------------
 
 
-def state_tensors(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def state_tensors(
+    model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Flat tensors ("model.*", "ema.*", optimizer state) and the optimizer's JSON metadata."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
@@ -112,7 +116,9 @@ def load_states(chk: ckpt.Checkpoint, model: nn.Module, ema: nn.Module, opt: tor
             match_layouts(opt)
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ckpt.CheckpointError(f"checkpoint {chk.path} does not fit this run's architecture or config: {first}") from None
+        raise ckpt.CheckpointError(
+            f"checkpoint {chk.path} does not fit this run's architecture or config: {first}"
+        ) from None
 
 
 def match_layouts(opt: torch.optim.Optimizer) -> None:
@@ -139,8 +145,9 @@ def pick_resume_checkpoint(world: World, ckpt_dir: Path, log: Callable[..., None
         nonlocal picked
         picked = ckpt.load_latest_checkpoint(ckpt_dir, warn=log)
         if picked is None and ckpt.list_checkpoints(ckpt_dir):
-            raise ckpt.CheckpointError(f"no checkpoint in {ckpt_dir} verifies (all are corrupt or not gcflow "
-                                       "checkpoints); nothing was changed")
+            raise ckpt.CheckpointError(
+                f"no checkpoint in {ckpt_dir} verifies (all are corrupt or not gcflow checkpoints); nothing was changed"
+            )
         return None if picked is None else str(picked.path)
 
     path = world.on_main(newest_path)
@@ -180,6 +187,12 @@ def save_run_state(world: World, ckpt_dir: Path, step: int, parts: RunParts, los
 
 def _write_checkpoint(ckpt_dir: Path, step: int, parts: RunParts, loss_window: list) -> None:
     tensors, opt_meta = state_tensors(parts.model, parts.ema, parts.opt)
-    meta = {"config": to_dict(parts.cfg), "optimizer": opt_meta, "data": parts.source.state_dict(),
-            "data_shape": list(parts.source.shape), "num_classes": parts.source.num_classes, "loss_window": loss_window}
+    meta = {
+        "config": to_dict(parts.cfg),
+        "optimizer": opt_meta,
+        "data": parts.source.state_dict(),
+        "data_shape": list(parts.source.shape),
+        "num_classes": parts.source.num_classes,
+        "loss_window": loss_window,
+    }
     ckpt.save_checkpoint(ckpt_dir, step, tensors, meta, keep=parts.cfg.train.keep_checkpoints)

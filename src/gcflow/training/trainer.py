@@ -36,11 +36,24 @@ from gcflow.training.config import Config, TrainConfig, from_dict, to_dict, vali
 from gcflow.training.data_source import build_source, check_image_data, is_toy
 from gcflow.training.distributed import World, split_global_batch
 from gcflow.training.evaluate import build_evaluator, write_pictures
-from gcflow.training.faults import Interrupted, TrainingError, new_fault_record, nonfinite_message, raise_on_fault, record_fault
+from gcflow.training.faults import (
+    Interrupted,
+    TrainingError,
+    new_fault_record,
+    nonfinite_message,
+    raise_on_fault,
+    record_fault,
+)
 from gcflow.training.predictor import build_gc_predictor
 from gcflow.training.run_dir import RunLock, prepare_run_dir
-from gcflow.training.run_state import (RunParts, load_model_for_inference, pick_resume_checkpoint, read_run_config, resume_from,
-                                       save_run_state)
+from gcflow.training.run_state import (
+    RunParts,
+    load_model_for_inference,
+    pick_resume_checkpoint,
+    read_run_config,
+    resume_from,
+    save_run_state,
+)
 from gcflow.training.step import TrainStep
 
 # Re-exported: the names scripts and the commands import from the trainer.
@@ -57,8 +70,16 @@ class RunResult:
     ema: nn.Module | None = None
 
 
-def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          log: Any = print, validated: bool = False) -> RunResult:
+def train(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Any = print,
+    validated: bool = False,
+) -> RunResult:
     """Train a consistency model as configured and write the run folder; returns the final summary.
 
     With `resume`, the config is read from the run folder and training continues from its newest
@@ -99,8 +120,9 @@ def _check_new_run(cfg: Config, world: World, *, overwrite: bool, validated: boo
         check_image_data(cfg)  # a broken dataset must not cost the run being replaced
 
 
-def _open_run(cfg: Config, run_dir: Path, hold: contextlib.ExitStack, resume: bool, overwrite: bool,
-              log: Callable[..., None]) -> dict[str, Any]:
+def _open_run(
+    cfg: Config, run_dir: Path, hold: contextlib.ExitStack, resume: bool, overwrite: bool, log: Callable[..., None]
+) -> dict[str, Any]:
     """(Rank 0) Create or reopen the run folder, lock it, and return the config to train (as a dict)."""
     folder = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     hold.enter_context(RunLock(folder))
@@ -132,12 +154,33 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
     evaluator = build_evaluator(cfg, source, device, log) if world.is_main else None
 
     # The step (training/step.py): draws, pairs, loss, gradient, update.
-    stepper = TrainStep(cfg, source, parts.model, parts.ema, parts.opt, device=device, decay=_ema_decay(cfg),
-                        world=world, predictor=predictor, velocity=velocity, loss_fn=consistency_loss)
+    stepper = TrainStep(
+        cfg,
+        source,
+        parts.model,
+        parts.ema,
+        parts.opt,
+        device=device,
+        decay=_ema_decay(cfg),
+        world=world,
+        predictor=predictor,
+        velocity=velocity,
+        loss_fn=consistency_loss,
+    )
 
     # Train, stopping cleanly on SIGINT/SIGTERM: finish the step, write a checkpoint, exit.
-    loop = _Loop(cfg, run_dir, world, parts, stepper, evaluator, log, _RunningLoss(device, loss_window),
-                 new_fault_record(device), check_each_step=device.type != "cuda" or cfg.train.nonfinite == "skip")
+    loop = _Loop(
+        cfg,
+        run_dir,
+        world,
+        parts,
+        stepper,
+        evaluator,
+        log,
+        _RunningLoss(device, loss_window),
+        new_fault_record(device),
+        check_each_step=device.type != "cuda" or cfg.train.nonfinite == "skip",
+    )
     with _StopSignals() as signals, _progress_bar(cfg.train, start, progress) as bar:
         try:
             _run_steps(loop, start, signals, bar)
@@ -185,8 +228,9 @@ def _cd_velocity(source: Any) -> Callable[[Tensor, Tensor], Tensor]:
     return velocity
 
 
-def _resume_or_start(cfg: Config, run_dir: Path, world: World, parts: RunParts, resume: bool,
-                     log: Callable[..., None]) -> tuple[int, list | None]:
+def _resume_or_start(
+    cfg: Config, run_dir: Path, world: World, parts: RunParts, resume: bool, log: Callable[..., None]
+) -> tuple[int, list | None]:
     """(first step, loss window to continue) after loading the newest good checkpoint, or (0, None) for a new run."""
     if not resume:
         if world.is_main:
@@ -262,9 +306,11 @@ class _Due:
 
 def _due(t: TrainConfig, done: int) -> _Due:
     last = done == t.steps
-    return _Due(log=done % max(t.log_every, 1) == 0 or last,
-                eval=bool(t.eval_every and done % t.eval_every == 0) or last,
-                ckpt=bool(t.checkpoint_every and done % t.checkpoint_every == 0) or last)
+    return _Due(
+        log=done % max(t.log_every, 1) == 0 or last,
+        eval=bool(t.eval_every and done % t.eval_every == 0) or last,
+        ckpt=bool(t.checkpoint_every and done % t.checkpoint_every == 0) or last,
+    )
 
 
 def _run_steps(loop: _Loop, start: int, signals: _StopSignals, bar: tqdm) -> None:
@@ -296,8 +342,10 @@ def _run_steps(loop: _Loop, start: int, signals: _StopSignals, bar: tqdm) -> Non
         if due.ckpt or stop:
             save_run_state(loop.world, loop.run_dir / "checkpoints", done, loop.parts, loop.loss.window(loop.world))
         if stop:
-            raise Interrupted(f"stopped by signal {(signals.received or [0])[0]} at step {done}; "
-                              f"resume with 'gcflow train --resume {loop.run_dir}'")
+            raise Interrupted(
+                f"stopped by signal {(signals.received or [0])[0]} at step {done}; "
+                f"resume with 'gcflow train --resume {loop.run_dir}'"
+            )
 
 
 def _update_or_skip(loop: _Loop, loss: Tensor, grad_norm: Tensor, done: int, due: _Due, stop: bool) -> bool:
@@ -330,8 +378,14 @@ def _evaluate(loop: _Loop, done: int) -> None:
     window_loss = loop.loss.mean(loop.world)
     if loop.world.is_main:
         metrics, samples = loop.evaluator(loop.parts.ema, cfg)
-        loop.last = {"step": done, "images": done * cfg.train.batch_size, "n_scales": loop.stepper.n_scales,
-                     "loss": float(window_loss), **metrics, "seconds": round(time.perf_counter() - loop.t_start, 3)}
+        loop.last = {
+            "step": done,
+            "images": done * cfg.train.batch_size,
+            "n_scales": loop.stepper.n_scales,
+            "loss": float(window_loss),
+            **metrics,
+            "seconds": round(time.perf_counter() - loop.t_start, 3),
+        }
         with open(run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(loop.last) + "\n")
         write_pictures(run_dir, cfg, samples, loop.evaluator, _read_metrics(run_dir))
@@ -381,7 +435,9 @@ def _write_summary(run_dir: Path, cfg: Config, last: dict[str, Any], t_start: fl
     """(Rank 0) summary.json: the newest metrics record, the run folder, the config and the wall time."""
     records = _read_metrics(run_dir)
     summary = dict(records[-1]) if records else dict(last)
-    summary.update({"run_dir": str(run_dir), "config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)})
+    summary.update(
+        {"run_dir": str(run_dir), "config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)}
+    )
     atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
