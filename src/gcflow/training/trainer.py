@@ -197,7 +197,6 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
 
 def _set_up_device(cfg: Config, world: World) -> torch.device:
     device = distributed.device_for(world, cfg.train.device)
-    split_global_batch(cfg.train.batch_size, world.size)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     if device.type == "cuda":
