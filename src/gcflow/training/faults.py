@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -57,3 +59,26 @@ def raise_on_fault(fault: Tensor, world: World) -> None:
         if step == 0:
             raise TrainingError("non-finite loss or gradient on another process; see rank 0's message")
         raise TrainingError(nonfinite_message(int(step), loss, grad_norm))
+
+
+class StopSignals:
+    """Record SIGINT/SIGTERM instead of dying (the loop checkpoints and stops); restores the handlers on exit."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._handlers: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._handlers[sig] = signal.signal(sig, self._note)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _note(self, sig: int, _frame: Any) -> None:
+        self.received.append(sig)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)

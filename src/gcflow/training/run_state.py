@@ -7,6 +7,7 @@ config, and the data shape and class count the network was built for, as one typ
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from gcflow.ema import make_ema
+from gcflow.files import atomic_write_bytes
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.builders import build_model
 from gcflow.training.config import Config, ConfigError, from_dict, load_config, to_dict
@@ -196,3 +198,48 @@ def _write_checkpoint(ckpt_dir: Path, step: int, parts: RunParts, loss_window: l
         "loss_window": loss_window,
     }
     ckpt.save_checkpoint(ckpt_dir, step, tensors, meta, keep=parts.cfg.train.keep_checkpoints)
+
+
+# -- Run-folder records (config.json, metrics.jsonl, summary.json) ---------------------------------
+
+
+def start_run_files(run_dir: Path, cfg: Config) -> None:
+    """(Rank 0, new run) The resolved config.json and an empty metrics.jsonl."""
+    atomic_write_bytes(run_dir / "config.json", (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
+    (run_dir / "metrics.jsonl").write_text("")
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Add one evaluation's record to metrics.jsonl."""
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl, oldest first."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def write_summary(run_dir: Path, cfg: Config, last: dict[str, Any], t_start: float) -> dict[str, Any]:
+    """(Rank 0) summary.json: the newest metrics record, the run folder, the config and the wall time."""
+    records = read_metrics(run_dir)
+    summary = dict(records[-1]) if records else dict(last)
+    summary.update(
+        {"run_dir": str(run_dir), "config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)}
+    )
+    atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric records written after the checkpoint we resume from (they will be recomputed)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line torn by a crash
+    path.write_text("".join(line + "\n" for line in keep))

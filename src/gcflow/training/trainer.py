@@ -14,8 +14,6 @@ wires it to data, an optimizer, logging and checkpoints. The per-step hot path i
 from __future__ import annotations
 
 import contextlib
-import json
-import signal
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +25,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gcflow.ema import ema_decay_from_half_life, make_ema
-from gcflow.files import atomic_write_bytes
 from gcflow.loss import consistency_loss
 from gcflow.randomness import stream_seed
 from gcflow.training import distributed
@@ -38,6 +35,7 @@ from gcflow.training.distributed import World, split_global_batch
 from gcflow.training.evaluate import build_evaluator, write_pictures
 from gcflow.training.faults import (
     Interrupted,
+    StopSignals,
     TrainingError,
     new_fault_record,
     nonfinite_message,
@@ -48,11 +46,16 @@ from gcflow.training.predictor import build_gc_predictor
 from gcflow.training.run_dir import RunLock, prepare_run_dir
 from gcflow.training.run_state import (
     RunParts,
+    append_metrics,
     load_model_for_inference,
     pick_resume_checkpoint,
+    read_metrics,
     read_run_config,
     resume_from,
     save_run_state,
+    start_run_files,
+    truncate_metrics,
+    write_summary,
 )
 from gcflow.training.step import TrainStep
 
@@ -136,6 +139,7 @@ def _open_run(
 
 
 def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, progress: bool, log: Any) -> RunResult:
+    # Pick this process's device (and its threads, cuDNN autotuning).
     device = _set_up_device(cfg, world)
 
     # Load the data: this process's slice of every global batch.
@@ -181,14 +185,14 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
         new_fault_record(device),
         check_each_step=device.type != "cuda" or cfg.train.nonfinite == "skip",
     )
-    with _StopSignals() as signals, _progress_bar(cfg.train, start, progress) as bar:
+    with StopSignals() as signals, _progress_bar(cfg.train, start, progress) as bar:
         try:
             _run_steps(loop, start, signals, bar)
         finally:
             stepper.close()
 
     # Summarise (rank 0 writes summary.json; every process returns it).
-    summary = world.on_main(partial(_write_summary, run_dir, cfg, loop.last, loop.t_start))
+    summary = world.on_main(partial(write_summary, run_dir, cfg, loop.last, loop.t_start))
     return RunResult(run_dir, summary, model=parts.model, ema=parts.ema)
 
 
@@ -233,8 +237,7 @@ def _resume_or_start(
     """(first step, loss window to continue) after loading the newest good checkpoint, or (0, None) for a new run."""
     if not resume:
         if world.is_main:
-            atomic_write_bytes(run_dir / "config.json", (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
-            (run_dir / "metrics.jsonl").write_text("")
+            start_run_files(run_dir, cfg)
         return 0, None
     start, loss_window = 0, None
     chk = pick_resume_checkpoint(world, run_dir / "checkpoints", log)
@@ -242,7 +245,7 @@ def _resume_or_start(
         start, loss_window = resume_from(chk, parts)
         log(f"gcflow: resuming {run_dir} from step {start}")
     if world.is_main:
-        _truncate_metrics(run_dir / "metrics.jsonl", start)  # (killed before its first checkpoint: start over)
+        truncate_metrics(run_dir / "metrics.jsonl", start)  # (killed before its first checkpoint: start over)
     return start, loss_window
 
 
@@ -312,7 +315,7 @@ def _due(t: TrainConfig, done: int) -> _Due:
     )
 
 
-def _run_steps(loop: _Loop, start: int, signals: _StopSignals, bar: tqdm) -> None:
+def _run_steps(loop: _Loop, start: int, signals: StopSignals, bar: tqdm) -> None:
     """Steps start..K-1. Non-finite values are caught before the update on the CPU and with
     train.nonfinite=skip; on CUDA the hot loop never waits for the device, so a non-finite loss or
     gradient is recorded on the device and read at the next sync point (log, evaluation, checkpoint,
@@ -385,33 +388,9 @@ def _evaluate(loop: _Loop, done: int) -> None:
             **metrics,
             "seconds": round(time.perf_counter() - loop.t_start, 3),
         }
-        with open(run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(loop.last) + "\n")
-        write_pictures(run_dir, cfg, samples, loop.evaluator, _read_metrics(run_dir))
+        append_metrics(run_dir, loop.last)
+        write_pictures(run_dir, cfg, samples, loop.evaluator, read_metrics(run_dir))
     loop.loss.reset()
-
-
-class _StopSignals:
-    """Record SIGINT/SIGTERM instead of dying (the loop checkpoints and stops); restores the handlers on exit."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self._handlers: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._handlers[sig] = signal.signal(sig, self._note)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _note(self, sig: int, _frame: Any) -> None:
-        self.received.append(sig)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._handlers.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -421,35 +400,3 @@ def _progress_bar(t: TrainConfig, start: int, progress: bool):
         yield bar
     finally:
         bar.close()
-
-
-# -- Run-folder files --------------------------------------------------------------------------------
-
-
-def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def _write_summary(run_dir: Path, cfg: Config, last: dict[str, Any], t_start: float) -> dict[str, Any]:
-    """(Rank 0) summary.json: the newest metrics record, the run folder, the config and the wall time."""
-    records = _read_metrics(run_dir)
-    summary = dict(records[-1]) if records else dict(last)
-    summary.update(
-        {"run_dir": str(run_dir), "config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)}
-    )
-    atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    return summary
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric records written after the checkpoint we resume from (they will be recomputed)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            pass  # a line torn by a crash
-    path.write_text("".join(line + "\n" for line in keep))
