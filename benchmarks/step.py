@@ -9,7 +9,7 @@
 
 For IC, OT and GC (μ = 0.5) it times gcflow's step (gcflow.training.step.TrainStep, exactly what
 `gcflow train` runs per step, with the trainer's per-step bookkeeping) and the reference step of
-benchmarks/reference_step.py (the same algorithm written plainly in fp32 eager PyTorch), on random
+tests/reference_step.py (the same algorithm written plainly in fp32 eager PyTorch), on random
 in-memory images of the network's shape. All variants run in one process, interleaved: each round
 times every variant for --steps steps, in an order that rotates from round to round, so a slow
 phase of a shared machine hits all of them alike; each figure is the median over --rounds rounds.
@@ -46,7 +46,8 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # RandomImages etc. for the tests
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the reference step
 
 from reference_step import reference_draw, reference_step  # noqa: E402
 
@@ -58,7 +59,8 @@ from gcflow.training.builders import build_model, build_optimizer, resolve_preci
 from gcflow.training.config import Config, apply_overrides  # noqa: E402
 from gcflow.training.presets import load_preset  # noqa: E402
 from gcflow.training.step import TrainStep  # noqa: E402
-from gcflow.training.trainer import _predictor, _record_fault  # noqa: E402
+from gcflow.training.faults import new_fault_record, record_fault  # noqa: E402
+from gcflow.training.predictor import build_gc_predictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"IC": (), "OT": ("method.coupling=ot",), "GC": ("method.gc_mu=0.5",)}
@@ -118,11 +120,11 @@ def gcflow_variant(size: str, method: str, device: torch.device, extra: tuple[st
     model = set_memory_format(build_model(cfg, SIZES[size]["shape"], 0).to(device), cfg)
     ema = make_ema(model)
     opt = build_optimizer(model, cfg)
-    predictor = _predictor(cfg, model, ema, device) if cfg.method.gc_mu > 0 else None
+    predictor = build_gc_predictor(cfg, model, ema, device) if cfg.method.gc_mu > 0 else None
     source = RandomImages(SIZES[size]["shape"], cfg.train.batch_size, device)
     step = TrainStep(cfg, source, model, ema, opt, device=device, decay=cfg.optim.ema_decay, predictor=predictor,
                      pad_predictor=pad_predictor)
-    fault = torch.zeros(3, dtype=torch.float64, device=device)
+    fault = new_fault_record(device)
     loss_sum = torch.zeros((), device=device)
     model.train()
 
@@ -130,7 +132,7 @@ def gcflow_variant(size: str, method: str, device: torch.device, extra: tuple[st
         nonlocal loss_sum
         loss, grad_norm = step.forward_backward(k)
         if device.type == "cuda":
-            _record_fault(fault, k + 1, loss, grad_norm)
+            record_fault(fault, k + 1, loss, grad_norm)
         elif not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
             raise RuntimeError(f"non-finite loss at step {k + 1}")
         step.update()
@@ -245,7 +247,7 @@ def bf16_check(size: str, device: torch.device) -> dict:
                     p.copy_((torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5).to(device))
         ema = make_ema(model)
         step = TrainStep(cfg, RandomImages(SIZES[size]["shape"], cfg.train.batch_size, device), model, ema, build_optimizer(model, cfg),
-                         device=device, decay=cfg.optim.ema_decay, predictor=_predictor(cfg, model, ema, device))
+                         device=device, decay=cfg.optim.ema_decay, predictor=build_gc_predictor(cfg, model, ema, device))
         loss, grad_norm = step.forward_backward(7)
         grads = torch.cat([p.grad.reshape(-1).float() for p in model.parameters()])
         out[precision] = (loss.item(), grad_norm.item(), grads)

@@ -15,7 +15,8 @@ from gcflow.cli import main
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.config import ConfigError
 from gcflow.training.run_dir import RunLock
-from gcflow.training.trainer import split_global_batch, train
+from gcflow.training.distributed import split_global_batch
+from gcflow.training.trainer import train
 
 TINY = ["train.steps=10", "train.batch_size=16", "train.eval_samples=50", "train.checkpoint_every=5",
         "network.width=8", "network.depth=1", "train.device=cpu"]

@@ -98,10 +98,16 @@ def test_refuses_to_overwrite_without_the_flag(tmp_path: Path, capsys: pytest.Ca
     (out / "keep.txt").write_text("mine")
     args = ["experiment", "theorem1", *TINY["theorem1"], "--out", str(out)]
     assert main(args) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
-    assert main([*args, "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "results.json").exists()
+    # --overwrite replaces only a gcflow run or experiment: a folder of the user's files is kept.
+    assert main([*args, "--overwrite"]) == 2
+    assert "not a gcflow run" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert main(args) == 0 and (out / "results.json").exists()
+    assert main(args) == 2  # an experiment is not replaced by accident...
+    assert main([*args, "--overwrite"]) == 0  # ...but on request
 
 
 def test_options_are_typed() -> None:

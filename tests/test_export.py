@@ -54,9 +54,10 @@ def test_exported_model_equals_the_runs_inference_model(run, tmp_path):
     from gcflow.training.trainer import load_model_for_inference
 
     export_run(run, tmp_path / "exp")
-    ours, cfg = load_exported(tmp_path / "exp")
+    loaded = load_exported(tmp_path / "exp")
+    ours, cfg = loaded.model, loaded.config
     ref, ref_cfg = load_model_for_inference(run)
-    assert cfg == ref_cfg and ours.data_shape == (2,) and not any(p.requires_grad for p in ours.parameters())
+    assert cfg == ref_cfg and loaded.data_shape == (2,) and not any(p.requires_grad for p in ours.parameters())
     x, sigma = torch.randn(64, 2), torch.logspace(-2, 1.9, 64)
     assert torch.equal(ours(x, sigma), ref(x, sigma))
 
@@ -94,5 +95,5 @@ def test_load_run_reads_an_export_once_integrated(run, tmp_path):
     export_run(run, tmp_path / "exp")
     model, _ = gcflow.load_model_for_inference(tmp_path / "exp")
     x, sigma = torch.randn(8, 2), torch.full((8,), 1.0)
-    assert torch.equal(model(x, sigma), load_exported(tmp_path / "exp")[0](x, sigma))
+    assert torch.equal(model(x, sigma), load_exported(tmp_path / "exp").model(x, sigma))
     assert gcflow.load_run(tmp_path / "exp") is not None

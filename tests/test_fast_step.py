@@ -1,5 +1,5 @@
 """The fast step computes what the plain one does: same loss and gradient as the reference step in fp32,
-bf16 autocast close to fp32, foreach Lion bit-identical to lion_pytorch, the overlapped OT assignment
+bf16 autocast close to fp32, the overlapped OT assignment
 identical to the inline one, and the deferred (CUDA) non-finite check naming the first bad step."""
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import torch
 from gcflow.ema import make_ema
 from gcflow.training.builders import build_model, build_optimizer, set_memory_format
 from gcflow.training.config import apply_overrides
-from gcflow.training.lion import Lion
 from gcflow.training.presets import load_preset
 from gcflow.training.step import TrainStep
-from gcflow.training.trainer import TrainingError, _predictor, _raise_on_fault, _record_fault
+from gcflow.training.distributed import World
+from gcflow.training.faults import TrainingError, new_fault_record, raise_on_fault, record_fault
+from gcflow.training.predictor import build_gc_predictor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from reference_step import RefBatch, reference_loss  # noqa: E402
 from step import RandomImages  # noqa: E402
@@ -49,7 +51,7 @@ def _parts(method: str, extra: list[str] = (), perturb: bool = False, device: st
     model = set_memory_format(base, cfg)
     ema = make_ema(model)
     opt = build_optimizer(model, cfg)
-    predictor = _predictor(cfg, model, ema, dev) if cfg.method.gc_mu > 0 else None
+    predictor = build_gc_predictor(cfg, model, ema, dev) if cfg.method.gc_mu > 0 else None
     step = TrainStep(cfg, RandomImages(SHAPE, cfg.train.batch_size, dev), model, ema, opt, device=dev,
                      decay=cfg.optim.ema_decay, predictor=predictor)
     return cfg, step, reference
@@ -92,26 +94,6 @@ def test_bf16_autocast_step_agrees_with_fp32(device):
     assert n16 == pytest.approx(n32, rel=0.05)
 
 
-def test_foreach_lion_is_bit_identical_to_lion_pytorch():
-    from lion_pytorch import Lion as Reference
-
-    g = torch.Generator().manual_seed(0)
-    shapes = [(4, 3, 3, 3), (7,), (5, 6)]
-    ours = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
-    ours[0] = ours[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    theirs = [p.detach().clone().requires_grad_() for p in ours]
-    a, b = Lion(ours, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1), Reference(theirs, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
-    for _ in range(5):
-        grads = [torch.randn(s, generator=g) for s in shapes]
-        for p, q, gr in zip(ours, theirs, grads):
-            p.grad, q.grad = gr.clone(), gr.clone()
-        a.step()
-        b.step()
-    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
-    assert all(torch.equal(a.state[p]["exp_avg"], b.state[q]["exp_avg"]) for p, q in zip(ours, theirs))
-    assert a.state_dict()["param_groups"][0].keys() == b.state_dict()["param_groups"][0].keys()  # checkpoints interchange
-
-
 def test_overlapped_ot_assignment_is_identical_to_inline():
     """The assignment of step k+1 solved in a worker thread during step k changes nothing, data-loader state included."""
     runs = []
@@ -140,14 +122,14 @@ def test_padding_the_predictor_rows_changes_nothing():
 
 
 def test_deferred_nonfinite_check_names_the_first_bad_step():
-    fault = torch.zeros(3, dtype=torch.float64)
+    fault = new_fault_record(torch.device("cpu"))
     ok, nan, inf = torch.tensor(0.5), torch.tensor(float("nan")), torch.tensor(float("inf"))
-    _record_fault(fault, 1, ok, ok)
-    _raise_on_fault(fault, __import__("gcflow.training.distributed", fromlist=["World"]).World())  # nothing recorded: no error
-    _record_fault(fault, 2, ok, inf)
-    _record_fault(fault, 3, nan, nan)
+    record_fault(fault, 1, ok, ok)
+    raise_on_fault(fault, World())  # nothing recorded: no error
+    record_fault(fault, 2, ok, inf)
+    record_fault(fault, 3, nan, nan)
     with pytest.raises(TrainingError, match=r"non-finite gradient at step 2 \(loss=0.5, grad norm=inf\).*likely cause"):
-        _raise_on_fault(fault, __import__("gcflow.training.distributed", fromlist=["World"]).World())
+        raise_on_fault(fault, World())
 
 
 @needs_cuda

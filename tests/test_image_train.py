@@ -6,7 +6,8 @@ import pytest
 
 from gcflow.training.config import apply_overrides
 from gcflow.training.presets import load_preset
-from gcflow.training.trainer import load_model_for_inference, train
+from gcflow.training.run_state import load_run
+from gcflow.training.trainer import train
 
 TINY = ["network.channels=8", "network.num_blocks=1", "train.steps=12", "train.batch_size=32", "train.eval_every=6",
         "train.eval_samples=64", "train.checkpoint_every=6"]
@@ -40,8 +41,8 @@ def test_tiny_digits_run(tmp_path, cache, preset):
     assert last["classifier_fd"] > 2 * last["classifier_fd_noise_floor"]
     assert last["classifier_test_accuracy"] > 0.9
     assert (run / "samples.png").is_file() and (run / "metrics.png").is_file()
-    model, _ = load_model_for_inference(run)
-    assert model.data_shape == (1, 8, 8)
+    loaded = load_run(run)
+    assert loaded.data_shape == (1, 8, 8) and loaded.num_classes == 0
 
 
 @pytest.mark.parametrize("preset", ["digits-ic", "digits-gc"])
@@ -50,3 +51,5 @@ def test_class_conditional_digits(tmp_path, cache, preset):
     cfg = apply_overrides(load_preset(preset), TINY + ["network.class_conditional=true", "train.steps=6"])
     res = train(cfg, tmp_path / "cond", progress=False, log=lambda *_: None)
     assert res.summary["step"] == 6
+    loaded = load_run(res.run_dir)
+    assert loaded.num_classes == 10 and loaded.config.network.class_conditional

@@ -3,7 +3,15 @@ import itertools
 import pytest
 import torch
 
-from gcflow.pairs import PairRecipe, build_pairs, ct_pairs, generator_augment, minibatch_ot_coupling, select_gc
+from gcflow.pairs import (
+    PairRecipe,
+    build_pairs,
+    ct_pairs,
+    generator_augment,
+    get_coupling,
+    minibatch_ot_coupling,
+    select_gc,
+)
 from gcflow.pairs.coupling import ot_assignment
 from gcflow.sigmas import sample_noise_levels
 
@@ -19,7 +27,7 @@ def _inputs(gen, b=16, shape=(2,)):
 def test_mu_zero_is_exactly_the_ct_pair(gen, shape):
     x0, z, lo, hi, w = _inputs(gen, shape=shape)
     calls = []
-    p = build_pairs(PairRecipe(gc_mu=0.0), x0, z, lo, hi, w, predictor=lambda x, s: calls.append(1) or x, generator=gen)
+    p = build_pairs(PairRecipe(), x0, z, lo, hi, w, gc_mask=None, predictor=lambda x, s: calls.append(1) or x)
     ref = ct_pairs(x0, z, lo, hi, w)
     assert not calls
     assert torch.equal(p.x_i, ref.x_i) and torch.equal(p.x_next, ref.x_next)
@@ -33,7 +41,7 @@ def test_mu_one_replaces_every_data_point(gen):
     def predictor(x, s):
         return 2.0 * x + s[:, None]  # any deterministic function of (x_σ, σ)
 
-    p = build_pairs(PairRecipe(gc_mu=1.0), x0, z, lo, hi, w, predictor=predictor, generator=gen)
+    p = build_pairs(PairRecipe(), x0, z, lo, hi, w, gc_mask=select_gc(16, 1.0, gen), predictor=predictor)
     x_hat = 2.0 * (x0 + lo[:, None] * z) + lo[:, None]
     assert bool(p.is_gc.all())
     assert torch.equal(p.endpoint, x_hat)
@@ -52,7 +60,7 @@ def test_predictor_sees_only_selected_samples(gen):
         return torch.zeros_like(x)
 
     mask = select_gc(64, 0.5, gen)
-    p = build_pairs(PairRecipe(gc_mu=0.5), x0, z, lo, hi, w, predictor=predictor, gc_mask=mask)
+    p = build_pairs(PairRecipe(), x0, z, lo, hi, w, gc_mask=mask, predictor=predictor)
     assert seen == [int(mask.sum())]
     assert 0 < seen[0] < 64
     assert torch.equal(p.endpoint[~mask], x0[~mask])
@@ -111,10 +119,15 @@ def test_ot_lowers_transport_cost(gen):
     assert ((x0 - minibatch_ot_coupling(x0, z)) ** 2).sum() < ((x0 - z) ** 2).sum()
 
 
-def test_recipe_validation():
+def test_recipe_validation(gen):
+    x0, z, lo, hi, w = _inputs(gen)
+    with pytest.raises(ValueError, match="need CT pairs"):
+        build_pairs(PairRecipe(kind="cd"), x0, z, lo, hi, w, gc_mask=select_gc(16, 0.5, gen), velocity=lambda x, s: x)
+    with pytest.raises(ValueError, match="need a predictor"):
+        build_pairs(PairRecipe(), x0, z, lo, hi, w, gc_mask=select_gc(16, 0.5, gen))
     with pytest.raises(ValueError):
-        PairRecipe(kind="cd", gc_mu=0.5)
+        select_gc(16, -0.1, gen)
     with pytest.raises(ValueError):
-        PairRecipe(gc_mu=-0.1)
+        PairRecipe(kind="ddpm")
     with pytest.raises(KeyError):
-        PairRecipe(coupling="sinkhorn")
+        get_coupling("sinkhorn")

@@ -10,12 +10,12 @@ import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from gcflow.pairs import PairRecipe, build_pairs, cd_pairs, ct_pairs, minibatch_ot_coupling, select_gc
+from gcflow.pairs import PairRecipe, build_pairs, cd_pairs, ct_pairs, get_coupling, minibatch_ot_coupling, select_gc
 from gcflow.pairs.coupling import ot_assignment
 from gcflow.shapes import per_sample
 from gcflow.sigmas import karras_sigmas, sample_noise_levels
 from gcflow.training.config import Config, ConfigError, GROUPS, apply_overrides, from_dict, iter_fields, to_dict, validate
-from gcflow.training.trainer import split_global_batch
+from gcflow.training.distributed import split_global_batch
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TORCH = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -213,7 +213,8 @@ def test_ct_pairs_share_z_and_preserve_shapes(inputs):
 def test_gc_pairs_invariants(inputs, mu, coupling):
     x0, z, s_i, s_n, w, _, g = inputs
     calls: list[int] = []
-    p = build_pairs(PairRecipe(kind="ct", coupling=coupling, gc_mu=mu), x0, z, s_i, s_n, w, predictor=_predictor(calls), generator=g)
+    mask = select_gc(x0.shape[0], mu, g) if mu > 0 else None
+    p = build_pairs(PairRecipe(kind="ct"), x0, get_coupling(coupling)(x0, z), s_i, s_n, w, gc_mask=mask, predictor=_predictor(calls))
     # Shapes are preserved and both points use the same z (a permutation of the drawn noises under OT).
     assert p.x_i.shape == p.x_next.shape == p.endpoint.shape == x0.shape
     assert _close(p.x_next - p.x_i, per_sample(s_n - s_i, z) * p.noise)
@@ -238,7 +239,7 @@ def test_gc_pairs_invariants(inputs, mu, coupling):
 @given(pair_inputs())
 def test_mu_zero_gives_plain_ct_pairs(inputs):
     x0, z, s_i, s_n, w, _, g = inputs
-    a = build_pairs(PairRecipe(gc_mu=0.0), x0, z, s_i, s_n, w, predictor=_predictor([]), generator=g)
+    a = build_pairs(PairRecipe(), x0, z, s_i, s_n, w, gc_mask=None, predictor=_predictor([]))
     b = ct_pairs(x0, z, s_i, s_n, w)
     for field in ("x_i", "x_next", "endpoint", "noise", "is_gc"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field

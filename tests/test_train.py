@@ -6,7 +6,8 @@ import torch
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.config import apply_overrides
 from gcflow.training.presets import load_preset
-from gcflow.training.trainer import load_model_for_inference, train
+from gcflow.training.run_state import load_run
+from gcflow.training.trainer import train
 
 TINY = ["train.steps=30", "train.batch_size=64", "train.eval_every=15", "train.eval_samples=200",
         "train.checkpoint_every=10", "network.width=32", "network.depth=1", "train.log_every=10"]
@@ -59,9 +60,9 @@ def test_resume_is_bit_identical(tmp_path):
 
 def test_frozen_predictor_from_checkpoint(tmp_path):
     first = train(_tiny("toy-ic"), tmp_path / "teacher", progress=False, log=lambda *_: None)
-    model, cfg = load_model_for_inference(first.run_dir)
-    assert model.data_shape == (2,)
-    run = train(_tiny("toy-gc", [f"method.gc_predictor=frozen", f"method.gc_checkpoint={first.run_dir}"]), tmp_path / "s", progress=False, log=lambda *_: None)
+    loaded = load_run(first.run_dir)
+    assert loaded.data_shape == (2,) and loaded.num_classes == 0 and not loaded.model.training
+    run = train(_tiny("toy-gc", ["method.gc_predictor=frozen", f"method.gc_checkpoint={first.run_dir}"]), tmp_path / "s", progress=False, log=lambda *_: None)
     assert run.summary["step"] == 30
 
 

@@ -14,6 +14,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("gcflow.commands.experiment", "run one of the paper's measured studies (see --list)"),
     "fid-ref": ("gcflow.commands.fid_ref", "compute and cache a dataset's reference feature statistics"),
     "evaluate": ("gcflow.commands.evaluate", "FID/KID/IS of a run with the paper's protocol (50k samples x 5 draws)"),
+    "report": ("gcflow.commands.report", "compare runs: config diff, curves overlaid, final metrics (report.md)"),
+    "export": ("gcflow.commands.export", "write a run's EMA model alone (safetensors + config) to share it"),
+    "import-edm": (
+        "gcflow.commands.import_edm",
+        "import an NVlabs EDM/ECT network pickle safely (no code from the file runs) as safetensors",
+    ),
 }
 
 
@@ -37,8 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `gcflow` console script; returns the exit status."""
-    parser = build_parser()
+    """Entry point of the `gcflow` console script; returns the exit status (130 after Ctrl-C, also during imports)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("gcflow: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()  # imports every command module (torch included): Ctrl-C may land here
     # `group.field=value` overrides may come after options (argparse stops collecting positionals
     # at the first option), so gather the stray ones into the command's override list.
     args, extra = parser.parse_known_args(argv)
@@ -51,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("gcflow: interrupted", file=sys.stderr)
-        return 130
+    return int(args._run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
-from torch import Tensor, nn
+from torch import Tensor
 
 from gcflow.files import atomic_write_bytes
 from gcflow.training import checkpoint as ckpt
-from gcflow.training.config import Config, ConfigError
+from gcflow.training.config import ConfigError
+
+if TYPE_CHECKING:
+    from gcflow.training.run_state import LoadedRun
 
 WEIGHTS, CONFIG, README = "model.safetensors", "config.json", "README.md"
 FORMAT, VERSION = "gcflow-export", 1
@@ -47,9 +50,9 @@ Load and sample (data shape {shape}):
 
 ```python
 import gcflow
-model, cfg = gcflow.load_exported("{name}")  # or gcflow.load_run("{name}")
-z = gcflow.seeded_normal(range(16), model.data_shape)
-x = gcflow.sample_onestep(model, z, sigma_max=cfg.method.sigma_max)
+run = gcflow.load_run("{name}")  # model, config, data_shape, num_classes
+z = gcflow.seeded_normal(range(16), run.data_shape)
+x = gcflow.sample_onestep(run.model, z, sigma_max=run.config.method.sigma_max)
 ```
 
 Without gcflow: `safetensors.torch.load_file("model.safetensors")` gives the tensors by name.
@@ -96,20 +99,13 @@ def export_run(run: Path, out: Path, *, overwrite: bool = False) -> Path:
 
 
 def _newest_checkpoint(run: Path) -> ckpt.Checkpoint:
-    """The newest good checkpoint of a run folder, or the given checkpoint file."""
-    if not run.exists():
-        raise ckpt.CheckpointError(f"{run} is not a gcflow run folder or checkpoint file (it does not exist)")
-    if run.is_file():
-        return ckpt.load_checkpoint(run)
-    if not (run / CONFIG).is_file():
-        raise ckpt.CheckpointError(f"{run} is not a gcflow run folder (no config.json)")
-    chk = ckpt.load_latest_checkpoint(run / "checkpoints")
-    if chk is None:
-        raise ckpt.CheckpointError(f"run folder {run} has no valid checkpoint")
-    return chk
+    """The newest good checkpoint of a run folder (checked against its config.json), or the given file."""
+    from gcflow.training.run_state import checkpoint_to_load
+
+    return checkpoint_to_load(run)
 
 
-def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Config]:
+def load_exported(path: Path, device: torch.device | str = "cpu") -> LoadedRun:
     """The model and config of an export folder written by `export_run`.
 
     Args:
@@ -117,11 +113,12 @@ def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
         device: where to put the model.
 
     Returns:
-        (model, cfg): the ConsistencyModel f(x, σ) with x (B, *data_shape) and σ (B,), in eval mode
-        without gradients, with `data_shape` and `num_classes` attributes; and the run's Config.
+        A LoadedRun: the ConsistencyModel f(x, σ) with x (B, *data_shape) and σ (B,), in eval mode
+        without gradients; the run's Config; the data shape; the number of classes (0 = unconditional).
     """
     from gcflow.training.builders import build_model
     from gcflow.training.config import from_dict
+    from gcflow.training.run_state import LoadedRun
 
     path = Path(path)
     if not is_export(path):
@@ -137,9 +134,8 @@ def load_exported(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ckpt.CheckpointError(f"{path / WEIGHTS} does not fit the network of {path / CONFIG}: {first}") from None
-    model.data_shape = tuple(info["data_shape"])  # type: ignore[assignment]  (as load_model_for_inference)
-    model.num_classes = int(info["num_classes"])  # type: ignore[assignment]
-    return model.requires_grad_(False).to(device).eval(), cfg
+    shape = tuple(int(n) for n in info["data_shape"])
+    return LoadedRun(model.requires_grad_(False).to(device).eval(), cfg, shape, int(info["num_classes"]))
 
 
 def _read_weights(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:

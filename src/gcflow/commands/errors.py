@@ -16,7 +16,7 @@ from gcflow.training.run_dir import RunDirError
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is written for the user (one line, with the fix)."""
     errs: list[type[BaseException]] = [ConfigError, RunDirError, CheckpointError]
-    from gcflow.training.trainer import TrainingError
+    from gcflow.training.faults import TrainingError
 
     errs.append(TrainingError)
     try:

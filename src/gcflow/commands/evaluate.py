@@ -64,24 +64,24 @@ def _run(args: argparse.Namespace) -> int:
     from gcflow.sampling import seeded_normal
     from gcflow.training.builders import resolve_device
     from gcflow.training.evaluate import generate
-    from gcflow.training.trainer import load_model_for_inference
+    from gcflow.training.run_state import load_run
 
     if min(args.num_samples - 1, args.draws, args.steps, args.batch) < 1 or args.kid_subsets < 0:
         raise ConfigError("--num-samples must be >= 2 and --draws, --steps, --batch >= 1")
     out = args.out or args.run_dir / f"eval-{args.steps}step.json"
     check_output(out, args.overwrite)  # before hours of sampling, not after
     device = resolve_device(args.device)
-    model, cfg = load_model_for_inference(args.run_dir, device)
-    if len(model.data_shape) != 3:
+    run = load_run(args.run_dir, device)
+    model, cfg = run.model, run.config
+    if len(run.data_shape) != 3:
         raise ConfigError(
             f"gcflow evaluate measures image runs (FID/KID/IS); {args.run_dir} is a toy run with data of shape "
-            f"{tuple(model.data_shape)}: its W2 metrics are in metrics.jsonl and summary.json"
+            f"{tuple(run.data_shape)}: its W2 metrics are in metrics.jsonl and summary.json"
         )
     meta = read_reference_meta(args.ref)
     ext = build_extractor(args.extractor, meta["dataset"], cfg.data.root or None, cfg.data.resolution or None, args.inception_weights, device)
     ref = load_reference_stats(args.ref, extractor=ext.name)
-    shape = tuple(model.data_shape)
-    k = int(getattr(model, "num_classes", 0))
+    shape, k = run.data_shape, run.num_classes
 
     @torch.no_grad()
     def sample_fn(seed_start: int, n: int) -> torch.Tensor:

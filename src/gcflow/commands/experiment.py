@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gcflow.commands.errors import one_line_usage_errors, run_guarded
 from gcflow.training.config import ConfigError
+from gcflow.training.run_dir import out_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="experiment options (see NAME --options)")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--options", action="store_true", help="show the options of NAME with their defaults and exit")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/experiments/NAME)")
+    p.add_argument("--out", type=out_path, default=None, help="output folder (default runs/experiments/NAME)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing output folder")
     one_line_usage_errors(p)
 
@@ -57,11 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, TypeError, ValueError) as exc:
         return _fail(" ".join(str(exc).split()))
     out = args.out or Path("runs") / "experiments" / args.name
-    if out.exists() and not out.is_dir():
-        return _fail(f"output folder {out} is a file; choose another folder with --out")
-    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()) and not args.overwrite:
-        return _fail(f"output folder {out} is not empty; pass --overwrite to replace it or choose another folder with --out")
-    out = prepare_run_dir(out, resume=False, overwrite=args.overwrite)
+    out = prepare_run_dir(out, resume=False, overwrite=args.overwrite)  # refuses to replace what is not a run
     command = "gcflow experiment " + " ".join(shlex.quote(a) for a in [args.name, *args.overrides])
     print(f"gcflow: experiment {args.name} -> {out}")
     start = time.perf_counter()

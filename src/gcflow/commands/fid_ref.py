@@ -36,8 +36,8 @@ def _run(args: argparse.Namespace) -> int:
     from gcflow.data import load_image_dataset
     from gcflow.metrics.extractors import build_extractor
     from gcflow.metrics.protocol import compute_reference_stats, save_reference_stats
+    from gcflow.paths import cache_dir
     from gcflow.training.builders import resolve_device
-    from gcflow.training.image_run import cache_dir
 
     if args.batch < 1:
         raise ConfigError("--batch must be a positive integer")

@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     cfg = load_preset(args.show)
     print(json.dumps(to_dict(cfg), indent=2))
-    from gcflow.training.shapes_info import describe_network
+    from gcflow.training.builders import describe_network
 
     print(describe_network(cfg))
     return 0

@@ -46,27 +46,27 @@ def _run(args: argparse.Namespace) -> int:
     from gcflow.sampling import seeded_normal
     from gcflow.training.builders import resolve_device
     from gcflow.training.evaluate import generate
-    from gcflow.training.trainer import load_model_for_inference
+    from gcflow.training.run_state import load_run
 
     if args.n < 1 or args.steps < 1 or args.batch < 1:
         raise ConfigError("--n, --steps and --batch must be positive integers")
     if not 0 <= args.seed <= MAX_SEED - (args.n - 1):
         raise ConfigError(f"--seed {args.seed} is out of range: seeds seed..seed+n-1 must lie in [0, 2^64 - 1]")
     device = resolve_device(args.device)
-    model, cfg = load_model_for_inference(args.run_dir, device)
+    run = load_run(args.run_dir, device)
+    model, cfg = run.model, run.config
     stem = args.out or args.run_dir / "samples" / f"n{args.n}-steps{args.steps}-seed{args.seed}"
     npy, png = Path(f"{stem}.npy"), Path(f"{stem}.png")
     if not args.overwrite and (npy.exists() or png.exists()):
         raise ConfigError(f"{npy} already exists; pass --overwrite or choose --out")
     npy.parent.mkdir(parents=True, exist_ok=True)
-    shape = tuple(_data_shape(model))
     chunks = []
     for start in range(0, args.n, args.batch):
         seeds = range(args.seed + start, args.seed + min(start + args.batch, args.n))
-        z = seeded_normal(seeds, shape, device)
+        z = seeded_normal(seeds, run.data_shape, device)
         labels = None
-        if getattr(model, "num_classes", 0):
-            k = int(model.num_classes)
+        if run.num_classes:
+            k = run.num_classes
             if args.label is not None and not 0 <= args.label < k:
                 raise ConfigError(f"--label {args.label} is outside the run's classes 0..{k - 1}")
             labels = torch.tensor([args.label if args.label is not None else s % k for s in seeds], device=device)
@@ -89,7 +89,3 @@ def _atomic_picture(path: Path, draw: Callable[[Path], None]) -> None:
         scratch = Path(tmp) / path.name
         draw(scratch)
         atomic_write_bytes(path, scratch.read_bytes())
-
-
-def _data_shape(model: torch.nn.Module) -> tuple[int, ...]:
-    return tuple(model.data_shape)  # set by load_model_for_inference

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace, say: Callable[..., None]) -> int:
         resume = False
     say(f"gcflow: run folder {run_dir}")
     try:
-        result = train(cfg, run_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
+        result = train(cfg, run_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress, validated=True)
     except Interrupted as exc:
         say(f"gcflow: {exc}")
         return 130

@@ -10,12 +10,14 @@ from gcflow.data.common import DatasetError, ImageDataset, to_uint8, to_unit_ran
 from gcflow.data.images import IMAGE_DATASETS, load_image_dataset
 from gcflow.data.loader import DeviceBatches
 from gcflow.data.npz import save_prepared_npz
+from gcflow.data.shapes import dataset_shape
 
 __all__ = [
     "IMAGE_DATASETS",
     "DatasetError",
     "DeviceBatches",
     "ImageDataset",
+    "dataset_shape",
     "load_image_dataset",
     "save_prepared_npz",
     "to_uint8",

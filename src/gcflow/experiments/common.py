@@ -78,7 +78,7 @@ def run_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def checkpoint_models(run_dir: Path) -> list[tuple[int, nn.Module]]:
     """(step, EMA model in eval mode) for every checkpoint of a run, oldest first."""
     from gcflow.training.checkpoint import list_checkpoints
-    from gcflow.training.trainer import load_model_for_inference
+    from gcflow.training.run_state import load_model_for_inference
 
     out = []
     for path in list_checkpoints(Path(run_dir) / "checkpoints"):
@@ -89,7 +89,7 @@ def checkpoint_models(run_dir: Path) -> list[tuple[int, nn.Module]]:
 
 def final_model(run_dir: Path) -> nn.Module:
     """The EMA model of a run folder's newest good checkpoint (or of one checkpoint file)."""
-    from gcflow.training.trainer import load_model_for_inference
+    from gcflow.training.run_state import load_model_for_inference
 
     model, _ = load_model_for_inference(Path(run_dir))
     return model

@@ -32,7 +32,7 @@ def build_extractor(kind: str, dataset: str, root: str | None, resolution: int |
         return InceptionExtractor(inception_weights, device=device)
     from gcflow.data import load_image_dataset
     from gcflow.metrics.classifier import load_or_train_classifier
-    from gcflow.training.image_run import cache_dir
+    from gcflow.paths import cache_dir
 
     train = load_image_dataset(dataset, root, split="train", resolution=resolution)
     test = load_image_dataset(dataset, root, split="test", resolution=resolution)

@@ -1,9 +1,10 @@
 """Training-pair construction: couplings (IC, minibatch OT), generator augmentation (GC), CT and CD pairs.
 
-A pair recipe composes three orthogonal steps:
-    coupling (which noise goes with which data point)
- -> generator augmentation (replace a μ-fraction of data points by the model's own prediction)
+Three orthogonal steps, each one call:
+    coupling (which noise goes with which data point: `get_coupling(name)(x0, z)`)
+ -> generator augmentation (replace the `select_gc` rows by the model's own prediction)
  -> pair kind (CT: both points on the straight path; CD: target point from one ODE step).
+`build_pairs(recipe, x0, coupled_z, ..., gc_mask=mask)` does the last two.
 """
 
 from gcflow.pairs.types import PairBatch

@@ -1,16 +1,25 @@
-"""Compose coupling, generator augmentation and pair kind into one pair-construction call."""
+"""Compose generator augmentation and pair kind into one pair-construction call.
+
+The bundled trainer and a user's own loop make the same call:
+
+    z = get_coupling(coupling)(x0, z)             # which noise goes with which data point (IC or OT)
+    mask = select_gc(B, mu, generator)            # which rows are GC pairs (None: no GC pair)
+    pairs = build_pairs(PairRecipe("ct"), x0, z, sigma_i, sigma_next, weight, gc_mask=mask, predictor=f_eta)
+
+The coupling and the GC selection are inputs rather than recipe fields, because the trainer
+decides both for the global batch (every process agrees on them) and solves the OT assignment off
+the critical path (a worker thread on CUDA); the pairs themselves are built only here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from gcflow.pairs.cd import cd_pairs
-from gcflow.pairs.coupling import get_coupling
 from gcflow.pairs.ct import ct_pairs
-from gcflow.pairs.gc import generator_augment, select_gc
+from gcflow.pairs.gc import generator_augment
 from gcflow.pairs.types import PairBatch, PointFn
 
 PAIR_KINDS = ("ct", "cd")
@@ -18,28 +27,19 @@ PAIR_KINDS = ("ct", "cd")
 
 @dataclass(frozen=True)
 class PairRecipe:
-    """How to build training pairs.
+    """How to build training pairs from coupled (data, noise) rows.
 
     Attributes:
         kind: "ct" (consistency training) or "cd" (distillation from a velocity function).
-        coupling: "independent" (iCT) or "ot" (minibatch optimal transport).
-        gc_mu: probability μ that a sample is a generator-augmented pair (0 = plain iCT). CT only.
         cd_solver: "euler" or "heun" for CD pairs.
     """
 
     kind: str = "ct"
-    coupling: str = "independent"
-    gc_mu: float = 0.0
     cd_solver: str = "euler"
 
     def __post_init__(self) -> None:
         if self.kind not in PAIR_KINDS:
             raise ValueError(f"unknown pair kind {self.kind!r}; choose one of {list(PAIR_KINDS)}")
-        get_coupling(self.coupling)
-        if not 0.0 <= self.gc_mu <= 1.0:
-            raise ValueError(f"the GC probability mu must be in [0, 1], got {self.gc_mu}")
-        if self.kind == "cd" and self.gc_mu > 0:
-            raise ValueError("GC pairs re-noise the prediction with z and need CT pairs: use kind 'ct' or gc_mu 0")
 
 
 def build_pairs(
@@ -50,26 +50,32 @@ def build_pairs(
     sigma_next: Tensor,
     weight: Tensor,
     *,
+    gc_mask: Tensor | None = None,
     predictor: PointFn | None = None,
     velocity: PointFn | None = None,
-    generator: torch.Generator | None = None,
-    gc_mask: Tensor | None = None,
 ) -> PairBatch:
-    """Build a batch of pairs: coupling -> (GC augmentation) -> CT or CD pairs.
+    """Build a batch of pairs: (GC augmentation of the masked rows) -> CT or CD pairs.
 
-    x0, z: (B, *D); sigma_i, sigma_next, weight: (B,). `predictor` is needed when gc_mu > 0 and
-    `velocity` for CD. The GC selection is `gc_mask` (B,) bool when given (the trainer draws it for the
-    global batch so that every process agrees), else drawn with probability μ from `generator`.
+    Args:
+        recipe: the pair kind (and CD solver).
+        x0: (B, *D) data.
+        z: (B, *D) noise, already matched to x0 by the coupling (`get_coupling(name)(x0, z)`, or
+            `z[ot_assignment(x0, z)]`); both points of every pair use it.
+        sigma_i, sigma_next, weight: (B,) adjacent noise levels σ_i < σ_{i+1} and loss weights λ_i.
+        gc_mask: (B,) bool, True where the pair is generator-augmented (draw it with
+            `select_gc(B, μ, generator)`); None = no GC pair (plain iCT). CT only.
+        predictor: the GC predictor f_η(x, σ) -> x̂, needed with `gc_mask`; it sees only the masked rows.
+        velocity: the exact velocity v(x, σ) for CD pairs.
     """
-    z = get_coupling(recipe.coupling)(x0, z)
     if recipe.kind == "cd":
+        if gc_mask is not None:
+            raise ValueError("GC pairs re-noise the prediction with z and need CT pairs: use kind 'ct' or no gc_mask")
         if velocity is None:
             raise ValueError("CD pairs need a velocity function")
         return cd_pairs(x0, z, sigma_i, sigma_next, weight, velocity, recipe.cd_solver)
-    mask = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
-    if recipe.gc_mu > 0:
-        if predictor is None:
-            raise ValueError("GC pairs (gc_mu > 0) need a predictor")
-        mask = gc_mask if gc_mask is not None else select_gc(x0.shape[0], recipe.gc_mu, generator, x0.device)
-        x0 = generator_augment(x0, z, sigma_i, predictor, mask)
-    return ct_pairs(x0, z, sigma_i, sigma_next, weight, is_gc=mask)
+    if gc_mask is None:
+        return ct_pairs(x0, z, sigma_i, sigma_next, weight)
+    if predictor is None:
+        raise ValueError("GC pairs (a gc_mask) need a predictor")
+    x0 = generator_augment(x0, z, sigma_i, predictor, gc_mask)
+    return ct_pairs(x0, z, sigma_i, sigma_next, weight, is_gc=gc_mask)

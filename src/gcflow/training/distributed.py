@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
 
 from gcflow.training.builders import resolve_device
 from gcflow.training.config import ConfigError
@@ -177,3 +178,25 @@ def process_group(world: World) -> Iterator[World]:
         yield world
     finally:
         dist.destroy_process_group()
+
+
+def split_global_batch(batch_size: int, world_size: int) -> int:
+    """The per-process batch of a global batch split over `world_size` processes.
+
+    Raises ConfigError (one line, with the fix) unless `batch_size` is a positive multiple of `world_size`.
+    """
+    if world_size < 1:
+        raise ConfigError(f"the number of processes must be >= 1, got {world_size}")
+    if batch_size < 1 or batch_size % world_size:
+        lo = max(world_size, batch_size - batch_size % world_size)
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the {world_size} processes; "
+            f"use a multiple of {world_size} such as train.batch_size={lo}"
+        )
+    return batch_size // world_size
+
+
+def fingerprint(*modules: nn.Module) -> Tensor:
+    """A CPU float64 vector of per-parameter sums over `modules`: equal iff the weights very likely are."""
+    sums = [p.detach().double().sum() for mod in modules for p in mod.parameters()]
+    return torch.stack(sums).cpu() if sums else torch.zeros(1, dtype=torch.float64)

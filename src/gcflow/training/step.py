@@ -138,8 +138,10 @@ class TrainStep:
         self.velocity = velocity
         self.dtype = resolve_precision(t.precision, device)
         self.channels_last = bool(t.channels_last and cfg.network.kind == "songunet")
-        # The OT coupling is applied here (see _coupled_noise), so build_pairs gets coupled noise.
-        self.recipe = PairRecipe(kind=m.pairs, coupling="independent", gc_mu=m.gc_mu, cd_solver=m.cd_solver)
+        # The coupling is applied here (see _coupled_noise: the OT assignment may be solved a step
+        # ahead in a worker thread) and the GC mask is drawn for the global batch (draw_inputs);
+        # build_pairs gets both, as in a user's own loop.
+        self.recipe = PairRecipe(kind=m.pairs, cd_solver=m.cd_solver)
         self.ot = m.coupling == "ot"
         self.distance = get_distance(m.distance)
         self.max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -276,7 +278,7 @@ class TrainStep:
         self.n_scales = inp.n_scales
         z = self._coupled_noise(inp)
         pairs = build_pairs(self.recipe, inp.x0, z, inp.sigma_i, inp.sigma_next, inp.weight,
-                            predictor=self._step_predictor(inp), velocity=self.velocity, gc_mask=inp.gc_mask)
+                            gc_mask=inp.gc_mask, predictor=self._step_predictor(inp), velocity=self.velocity)
         loss = self.loss_fn(self._model_fn(inp.labels), pairs, self.distance, inp.dropout).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,6 +1,6 @@
 """The reference step: one iCT / OT / GC training step written plainly, as a user following the paper would.
 
-This is the yardstick of benchmarks/step.py. It is the same algorithm as gcflow's step
+This is the yardstick of benchmarks/step.py and of tests/test_fast_step.py. It is the same algorithm as gcflow's step
 (method spec §3–§7), written the straightforward way:
 
 * fp32, eager, the standard NCHW layout, no torch.compile;
