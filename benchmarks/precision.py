@@ -26,8 +26,9 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,11 +66,13 @@ def _trained(preset: str, overrides: list[str], shape: tuple[int, ...], cache: P
 
 def cifar_random(batch: int) -> tuple[ConsistencyModel, torch.Tensor]:
     net = SongUNet(img_resolution=32, in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 2),
-                   num_blocks=1, attn_resolutions=(16,), dropout=0.0, embedding_type="positional", noise_label_scale=1.0)
+                   num_blocks=1, attn_resolutions=(16,), dropout=0.0, embedding_type="positional",
+                   noise_label_scale=1.0)
     model = reset_weights(ConsistencyModel(net), seed=0)
     g = torch.Generator().manual_seed(0)
     # Smooth random "images" in [-1, 1]: 8×8 noise upsampled bilinearly.
-    x0 = torch.tanh(F.interpolate(torch.randn(batch, 3, 8, 8, generator=g), size=32, mode="bilinear", align_corners=False))
+    coarse = torch.randn(batch, 3, 8, 8, generator=g)
+    x0 = torch.tanh(F.interpolate(coarse, size=32, mode="bilinear", align_corners=False))
     return model, x0
 
 
@@ -98,9 +101,9 @@ def run(models: dict[str, Callable[[], tuple[ConsistencyModel, torch.Tensor]]], 
                 if probe is None:
                     continue
                 for precision, a in measure(model, probe).items():
-                    rows.append(dict(model=name, n=n, band=band, precision=precision, batch=x0.shape[0],
-                                     loss_ref=a.loss_ref, loss_rel_err=a.loss_rel_err, grad_cosine=a.grad_cosine,
-                                     sign_agreement=a.sign_agreement))
+                    rows.append({"model": name, "n": n, "band": band, "precision": precision,
+                                 "batch": x0.shape[0], "loss_ref": a.loss_ref, "loss_rel_err": a.loss_rel_err,
+                                 "grad_cosine": a.grad_cosine, "sign_agreement": a.sign_agreement})
                 log(f"{name:15s} N={n:5d} {band:10s} " + "  ".join(
                     f"{r['precision']}: {r['loss_rel_err']:.2e} {r['grad_cosine']:.4f} {r['sign_agreement']:.4f}"
                     for r in rows[-3:]))
@@ -124,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(models, STAGES, tuple(SIGMA_BANDS))
     out = args.out if args.out is not None else (None if args.tiny else OUT)
     if out is not None:
-        meta = dict(torch=torch.__version__, machine=platform.machine(), seconds=round(time.time() - t0, 1),
-                    reference="fp64", fp16="CPU autocast, convolutions emulated (fp16 operands, fp32 accumulation)",
-                    sign="Lion update sign with zero momentum: sign(grad)")
+        meta = {"torch": torch.__version__, "machine": platform.machine(), "seconds": round(time.time() - t0, 1),
+                "reference": "fp64", "fp16": "CPU autocast, convolutions emulated (fp16 operands, fp32 accumulation)",
+                "sign": "Lion update sign with zero momentum: sign(grad)"}
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         print(f"wrote {out}")
     return 0
 

@@ -105,6 +105,5 @@ def test_precision_agrees_policy():
 
 
 def test_unknown_precision_fails_loudly():
-    with pytest.raises(ValueError, match="fp8"):
-        with autocast_context("fp8"):
-            pass
+    with pytest.raises(ValueError, match="fp8"), autocast_context("fp8"):
+        pass

@@ -24,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -132,7 +133,7 @@ def loss_and_grad(model: nn.Module, probe: Probe, precision: str, distance: Dist
     net = copy.deepcopy(model).to(dtype).eval()
     net.requires_grad_(True)
     device = next(net.parameters()).device
-    cast = dict(dtype=dtype, device=device)
+    cast = {"dtype": dtype, "device": device}
     pairs = ct_pairs(probe.x0.to(**cast), probe.z.to(**cast), probe.sigma_i.to(**cast),
                      probe.sigma_next.to(**cast), probe.weight.to(**cast))
 
@@ -147,7 +148,8 @@ def loss_and_grad(model: nn.Module, probe: Probe, precision: str, distance: Dist
     scale = 2.0**16 if precision == "fp16" else 1.0
     while True:
         grads = torch.autograd.grad(loss * scale, params, allow_unused=True, retain_graph=scale > 1)
-        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double() for g, p in zip(grads, params)])
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
+                          for g, p in zip(grads, params)])
         if scale == 1.0 or bool(torch.isfinite(flat).all()):
             return LossGrad(float(loss.detach()), flat / scale)
         scale /= 2.0
