@@ -2,6 +2,7 @@
 
     python benchmarks/precision.py                 # the full measurement (~8 min on one core)
     python benchmarks/precision.py --tiny          # a seconds-long smoke run (writes nothing unless --out)
+    python benchmarks/precision.py --markdown benchmarks/results/precision.json   # the headline table
 
 For each model, curriculum stage N ∈ {10, 80, 320, 1280} and σ band (of the pair's lower level σ_i;
 "all" draws levels as training does), one batch of CT pairs is built with the library
@@ -110,13 +111,33 @@ def run(models: dict[str, Callable[[], tuple[ConsistencyModel, torch.Tensor]]], 
     return rows
 
 
+def headline(rows: list[dict[str, Any]]) -> str:
+    """A markdown table: per model, N and precision, the "all" band's three measures and the worst bands."""
+    lines = [("| model | N | precision | loss rel. err (all) | grad cosine (all) | Lion sign agr. (all) "
+             "| largest band loss rel. err | lowest band sign agr. |"), "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["model"], r["n"], r["precision"]) for r in rows},
+                  key=lambda k: (k[0], k[1], ("fp32", "bf16", "fp16").index(k[2])))
+    for model, n, precision in keys:
+        sel = [r for r in rows if (r["model"], r["n"], r["precision"]) == (model, n, precision)]
+        a = next(r for r in sel if r["band"] == "all")
+        worst = max(sel, key=lambda r: r["loss_rel_err"])
+        low = min(sel, key=lambda r: r["sign_agreement"])
+        lines.append(f"| {model} | {n} | {precision} | {a['loss_rel_err']:.2%} | {a['grad_cosine']:.4f} "
+                     f"| {a['sign_agreement']:.2%} | {worst['loss_rel_err']:.2%} ({worst['band']}) "
+                     f"| {low['sign_agreement']:.2%} ({low['band']}) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (no training, one stage)")
     ap.add_argument("--out", type=Path, default=None, help=f"where to write the JSON (default: {OUT}, not with --tiny)")
+    ap.add_argument("--markdown", type=Path, default=None, help="print the headline table of a saved JSON and exit")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "gcflow-precision-cache")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.markdown is not None:
+        print(headline(json.loads(args.markdown.read_text())["rows"]))
+        return 0
     t0 = time.time()
     if args.tiny:
         models = {"cifar-random": lambda: cifar_random(2)}
@@ -137,4 +158,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # the figures are per core; small ops gain nothing from threads on shared CPUs
     sys.exit(main())
