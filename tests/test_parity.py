@@ -85,7 +85,7 @@ def test_gc_rows_use_the_ema_prediction():
     no_gc = Draws(d.x0, d.z, d.idx, torch.zeros_like(d.gc))
     all_gc = Draws(d.x0, d.z, d.idx, torch.ones_like(d.gc))
     # GC rows train on pairs re-noised from the EMA's prediction: a different loss.
-    assert float(loop.loss(0, no_gc)) != float(loop.loss(0, all_gc))
+    assert float(loop.loss(0, no_gc).detach()) != float(loop.loss(0, all_gc).detach())
     # Only the masked rows change: a mask selecting no row equals plain iCT exactly.
     plain = ReferenceLoop(_net(), RefConfig(steps=20, s1=160, mu=0.0))
-    assert float(loop.loss(0, no_gc)) == float(plain.loss(0, no_gc))
+    assert float(loop.loss(0, no_gc).detach()) == float(plain.loss(0, no_gc).detach())
