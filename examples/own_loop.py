@@ -27,7 +27,7 @@ toy = make_toy("ring8")  # 8 Gaussians on a ring; its sampler returns float64 po
 model = gcflow.ConsistencyModel(ToyMLP(dim=2, width=128, depth=3))
 ema = gcflow.make_ema(model)
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-recipe = gcflow.PairRecipe(kind="ct", coupling="independent", gc_mu=0.5)  # half the pairs generator-augmented
+recipe = gcflow.PairRecipe(kind="ct")  # consistency-training pairs
 distance = gcflow.get_distance("pseudo_huber")
 gen = torch.Generator().manual_seed(0)
 
@@ -36,7 +36,8 @@ for step in range(args.steps):
     z = torch.randn(x0.shape, generator=gen)
     n = gcflow.ict_num_scales(step, args.steps)  # curriculum: grid intervals N(k)
     sigma_i, sigma_next, weight = gcflow.sample_noise_levels(n, x0.shape[0], generator=gen)
-    pairs = gcflow.build_pairs(recipe, x0, z, sigma_i, sigma_next, weight, predictor=ema, generator=gen)
+    gc_mask = gcflow.select_gc(x0.shape[0], 0.5, gen)  # GC with probability mu = 0.5 per sample
+    pairs = gcflow.build_pairs(recipe, x0, z, sigma_i, sigma_next, weight, gc_mask=gc_mask, predictor=ema)
     loss = gcflow.consistency_loss(model, pairs, distance).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()

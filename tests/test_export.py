@@ -47,7 +47,7 @@ def test_export_holds_the_ema_weights_alone(run, tmp_path):
         info = json.loads(fh.metadata()["gcflow"])
     assert info["step"] == 20 and info["data_shape"] == [2] and info["num_classes"] == 0
     assert json.loads((exp / "config.json").read_text()) == chk.meta["config"]
-    assert "gcflow.load_exported" in (exp / "README.md").read_text()
+    assert "gcflow.load_run" in (exp / "README.md").read_text()
 
 
 def test_exported_model_equals_the_runs_inference_model(run, tmp_path):

@@ -17,7 +17,7 @@ from gcflow.pairs.ct import ct_pairs
 from gcflow.pairs.gc import generator_augment
 from gcflow.precond import ConsistencyModel
 from gcflow.sigmas import ict_num_scales, karras_sigmas, level_weights, lognormal_level_probs
-from gcflow.training.lion import Lion
+from lion_pytorch.foreach import Lion
 
 CFG = RefConfig(steps=20, s1=160, lr=1e-3, mu=0.5)
 

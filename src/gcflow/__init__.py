@@ -7,7 +7,8 @@ examples/own_loop.py):
 
     import gcflow
     lo, hi, w = gcflow.sample_noise_levels(gcflow.ict_num_scales(k, K), batch)
-    pairs = gcflow.build_pairs(gcflow.PairRecipe(gc_mu=0.5), x0, z, lo, hi, w, predictor=...)
+    mask = gcflow.select_gc(batch, 0.5, generator)  # GC pairs with probability mu = 0.5
+    pairs = gcflow.build_pairs(gcflow.PairRecipe("ct"), x0, z, lo, hi, w, gc_mask=mask, predictor=...)
     loss = gcflow.consistency_loss(model, pairs, gcflow.get_distance("pseudo_huber")).mean()
 
 `load_run` / `load_model_for_inference` (trained runs and exported models) are imported on first
@@ -22,7 +23,7 @@ from typing import Any
 from gcflow.distances import get_distance
 from gcflow.ema import ema_update, make_ema
 from gcflow.loss import consistency_loss
-from gcflow.pairs import PairBatch, PairRecipe, build_pairs
+from gcflow.pairs import PairBatch, PairRecipe, build_pairs, get_coupling, select_gc
 from gcflow.precond import ConsistencyModel
 from gcflow.sampling import default_multistep_sigmas, sample_multistep, sample_onestep, seeded_normal
 from gcflow.sigmas import ict_num_scales, karras_sigmas, sample_noise_levels
@@ -47,6 +48,7 @@ __all__ = [
     "default_multistep_sigmas",
     "ema_update",
     "export_run",
+    "get_coupling",
     "get_distance",
     "ict_num_scales",
     "karras_sigmas",
@@ -58,6 +60,7 @@ __all__ = [
     "sample_noise_levels",
     "sample_onestep",
     "seeded_normal",
+    "select_gc",
 ]
 
 
