@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from gcflow.metrics.classifier import (
     ClassifierConfig,
     ClassifierExtractor,
-    load_classifier,
     cache_key,
     keyed_path,
+    load_classifier,
     load_or_train_classifier,
     preset,
     save_classifier,
@@ -72,7 +72,7 @@ def candidates(splits):
 
 
 def test_digits_splits_are_uint8_images():
-    train_x, train_y, test_x, test_y = digits_splits()
+    train_x, _, test_x, test_y = digits_splits()
     assert train_x.dtype == torch.uint8 and train_x.shape[1:] == (1, 8, 8)
     assert train_x.shape[0] + test_x.shape[0] == 1797 and int(train_x.max()) == 255
     assert set(test_y.tolist()) == set(range(10))
