@@ -6,6 +6,7 @@ Uses scikit-learn's bundled 8×8 digits (no network, no /work/shared/data).
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 
 import numpy as np
@@ -16,11 +17,15 @@ import torch.nn.functional as F
 from gcflow.metrics.classifier import (
     ClassifierConfig,
     ClassifierExtractor,
+    cache_key,
+    keyed_path,
     load_classifier,
     load_or_train_classifier,
     preset,
     save_classifier,
     train_classifier,
+    training_settings,
+    weights_fingerprint,
 )
 from gcflow.metrics.frechet import feature_stats, frechet_distance, inception_score, kid
 from gcflow.metrics.inception import InceptionExtractor, check_weights_file
@@ -67,7 +72,7 @@ def candidates(splits):
 
 
 def test_digits_splits_are_uint8_images():
-    train_x, train_y, test_x, test_y = digits_splits()
+    train_x, _, test_x, test_y = digits_splits()
     assert train_x.dtype == torch.uint8 and train_x.shape[1:] == (1, 8, 8)
     assert train_x.shape[0] + test_x.shape[0] == 1797 and int(train_x.max()) == 255
     assert set(test_y.tolist()) == set(range(10))
@@ -133,20 +138,64 @@ def test_save_load_round_trip_without_pickle(trained, splits, tmp_path):
     torch.testing.assert_close(f_loaded, f_orig)
     assert l_loaded.shape == (test_x.shape[0], 10)
 
-    # The cache: an existing file is loaded, never retrained (load_splits must not be called).
-    def no_training():
-        raise AssertionError("should load the cached classifier")
-
-    cached, meta2 = load_or_train_classifier(path, "digits", no_training)
-    assert meta2["test_accuracy"] == report.test_accuracy
-    assert cached.name == extractor.name == meta["extractor"] == ClassifierExtractor(model, "digits").name
-    with pytest.raises(MetricError, match="trained on 'digits'"):
-        load_or_train_classifier(path, "mnist", no_training)
+    assert extractor.name == meta["extractor"] == ClassifierExtractor(model, "digits").name
     with pytest.raises(MetricError, match="expects uint8 images"):
         extractor.features(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(MetricError):
         load_classifier(tmp_path / "junk.safetensors")
+
+
+SMALL = 300  # training images for the cache tests: one epoch on them takes a fraction of a second
+
+
+def small_splits(splits, n: int = SMALL):
+    train_x, train_y, test_x, test_y = splits
+    return lambda: (train_x[:n], train_y[:n], test_x, test_y)
+
+
+def test_cached_classifier_does_not_depend_on_the_callers_thread_count(splits, tmp_path):
+    # Unpinned, one and two intra-op threads give different weights (measured on this subset); the
+    # cache trains with TRAIN_THREADS whatever the caller set, and restores the caller's setting.
+    before = torch.get_num_threads()
+    names, shas = [], []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            extractor, meta = load_or_train_classifier(tmp_path / f"t{threads}" / "digits-8px.safetensors", "digits",
+                                                       small_splits(splits), epochs=1)
+            assert torch.get_num_threads() == threads
+            names.append(extractor.name)
+            shas.append(weights_fingerprint(extractor.model))
+            assert meta["weights_sha256"] == shas[-1] and meta["training"]["num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    assert names[0] == names[1] and shas[0] == shas[1]
+
+
+def test_cache_key_covers_settings_and_data(splits, tmp_path, monkeypatch):
+    base = tmp_path / "digits-8px.safetensors"
+    _, meta = load_or_train_classifier(base, "digits", small_splits(splits), epochs=1)
+    path = keyed_path(base, meta["cache_key"])
+    assert path.is_file() and path.name.startswith("digits-8px-") and meta["torch"] == torch.__version__
+    assert meta["cache_key"] == cache_key("digits", meta["training"], meta["data_sha256"])
+
+    # Same settings and data: loaded, never retrained.
+    def no_training(*args, **kwargs):
+        raise AssertionError("should load the cached classifier")
+
+    monkeypatch.setattr("gcflow.metrics.classifier.train_classifier", no_training)
+    _, again = load_or_train_classifier(base, "digits", small_splits(splits), epochs=1)
+    assert again["weights_sha256"] == meta["weights_sha256"]
+    # Other training settings, other data or another seed name another file: they train (here: raise).
+    for kwargs, n in (({"epochs": 2}, SMALL), ({"epochs": 1}, SMALL + 1), ({"epochs": 1, "seed": 1}, SMALL)):
+        with pytest.raises(AssertionError, match="should load"):
+            load_or_train_classifier(base, "digits", small_splits(splits, n), **kwargs)
+    # A keyed file whose metadata disagrees with its name (here: digits weights under an mnist key) is refused.
+    mnist_key = cache_key("mnist", training_settings("mnist", epochs=1), meta["data_sha256"])
+    shutil.copyfile(path, keyed_path(tmp_path / "mnist.safetensors", mnist_key))
+    with pytest.raises(MetricError, match="delete it to retrain"):
+        load_or_train_classifier(tmp_path / "mnist.safetensors", "mnist", small_splits(splits), epochs=1)
 
 
 def test_inception_missing_weights_is_a_clear_error(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from gcflow.cli import main
 from gcflow.experiments import EXPERIMENTS, options_type
+from gcflow.experiments.modes import ModesResults
 from gcflow.experiments.options import parse_options
 from gcflow.experiments.report import VERDICTS
 from gcflow.training.config import ConfigError
@@ -125,3 +126,33 @@ def test_convergence_verdicts_weigh_seed_noise() -> None:
     assert lower_verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "disagrees"
     assert lower_verdict([1.0, 1.5, 0.5], [1.2, 1.7, 0.7]) == "inconclusive"  # a shift well inside the seed spread
     assert lower_verdict([1.0], [1.05]) == "inconclusive" and lower_verdict([1.0], [1.2]) == "agrees"
+
+
+def _modes_results(w2_mu1: list[float]) -> ModesResults:
+    from gcflow.experiments.modes import EXACT_LABEL
+
+    def entry(w2: list[float]) -> dict:
+        n = len(w2)
+        return {"steps": [100 * (i + 1) for i in range(n)], "covered": [25] * n, "in_modes": [0.9] * n,
+                "kl_to_uniform": [0.01] * n, "final_counts": [4] * 25, "w2": w2}
+
+    shift = {EXACT_LABEL: {"w2": [0.1], "sliced_w2": [0.1], "floor_w2": [0.05]}}
+    runs = {"mu=0": entry([1.0, 0.5, 0.2, 0.2]), "mu=1": entry(w2_mu1)}
+    return ModesResults("grid25", 25, [0.0, 1.0], runs, [0.5], shift, 0.01)
+
+
+def test_modes_claims_judge_the_mu_one_remark() -> None:
+    from gcflow.experiments.modes import DEGRADATION_FACTOR, claims
+
+    def verdict(w2_mu1: list[float]) -> str:
+        return claims(_modes_results(w2_mu1))[1].verdict
+
+    assert verdict([1.0, 0.3, 0.25, 0.3]) == "agrees"  # faster at the first evaluation, ends above 1.1 × best
+    assert verdict([1.0, 0.6, 0.25, 0.3]) == "partly"  # degrades without the fast start
+    # Ending within DEGRADATION_FACTOR of the best final W2 and of its own best is no degradation.
+    assert verdict([1.0, 0.3, 0.2, 0.2 * DEGRADATION_FACTOR * 0.99]) == "partly"
+    assert verdict([1.0, 0.6, 0.2, 0.2]) == "disagrees"
+    res = _modes_results([1.0, 0.3, 0.25, 0.3])
+    del res.runs["mu=0"]
+    assert [c.verdict for c in claims(res)] == ["measured", "measured"]  # no μ = 0 baseline: no μ = 1 claim
+    assert list(res.to_dict()) == ["mus", "runs", "shift"]

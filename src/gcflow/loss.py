@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from gcflow.distances import Distance
 from gcflow.dropout import SharedDropout
-from gcflow.pairs.types import PairBatch
-
-ModelFn = Callable[[Tensor, Tensor], Tensor]
+from gcflow.pairs.types import PairBatch, PointFn
 
 
-def consistency_loss(model: ModelFn, pairs: PairBatch, distance: Distance, dropout: SharedDropout | None = None) -> Tensor:
+def consistency_loss(
+    model: PointFn, pairs: PairBatch, distance: Distance, dropout: SharedDropout | None = None
+) -> Tensor:
     """Per-sample λ_i d(sg f_θ(x_i, σ_i), f_θ(x_next, σ_next)), shape (B,).
 
     The target uses the *online* network under no_grad (iCT has no EMA teacher); both passes share

@@ -12,6 +12,13 @@ adaptive average pool, then Linear → SiLU (the feature layer) → Linear (logi
 training scale, uint8 v ↦ v / 127.5 − 1. Training: AdamW, one-cycle learning rate, cross-entropy,
 everything seeded (`torch.random.fork_rng`), so the same seed, data and thread count give the
 same weights.
+
+Determinism on CPU: the weights' bits depend on the intra-op thread count (measured: 1 and 2 threads
+give different SHA-256s) and on the CPU kernels torch picks, so training and the reported test
+accuracy always run with `TRAIN_THREADS` threads, whatever the caller's setting. The cache file name
+carries a key over everything that decides the weights (dataset, architecture, training settings,
+the training data's bytes, the torch version, `RECIPE`), so a classifier cached by another version
+or with other settings is never silently reused.
 """
 
 from __future__ import annotations
@@ -21,20 +28,31 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from gcflow.data.common import to_unit_range
+from gcflow.files import atomic_write_bytes, atomic_write_text
 from gcflow.metrics.protocol import MetricError
 
 METADATA_KEY = "gcflow_classifier"
+# Bump when the training code changes the weights for the same settings: it is part of the cache key.
+RECIPE = "gcflow-classifier-train/1"
+LR = 3e-3
+WEIGHT_DECAY = 1e-4
+# One thread: these convolutions are too small to gain from more (on a loaded 2-core machine two threads
+# were 5-10× slower), and a fixed count makes the weights the same whatever the caller's setting.
+TRAIN_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -134,6 +152,18 @@ def accuracy(model: SmallCNN, images: Tensor, labels: Tensor, batch: int = 1024)
     return correct / images.shape[0]
 
 
+@contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` intra-op CPU threads (None: leave torch's setting), restored afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_classifier(
     train_images: Tensor,
     train_labels: Tensor,
@@ -142,19 +172,18 @@ def train_classifier(
     config: ClassifierConfig,
     epochs: int = 20,
     batch_size: int = 64,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-4,
+    lr: float = LR,
+    weight_decay: float = WEIGHT_DECAY,
     seed: int = 0,
-    num_threads: int | None = 1,
+    num_threads: int | None = TRAIN_THREADS,
     log: Callable[[str], None] | None = None,
 ) -> tuple[SmallCNN, TrainReport]:
     """Train a `SmallCNN` on uint8 images (N, C, H, W) with integer labels; report test accuracy.
 
     Deterministic given `seed` (initialisation and batch order come from it; the global RNG is
-    left untouched). Runs on CPU with `num_threads` intra-op threads (restored afterwards):
-    one by default, because these convolutions are too small to gain from more (on a loaded
-    2-core machine two threads were 5-10× slower) and because a fixed thread count makes the
-    weights the same on every machine. None keeps torch's setting.
+    left untouched). Training and the test accuracy run on CPU with `num_threads` intra-op threads
+    (restored afterwards; see the module docstring for why one). None keeps torch's setting, and
+    then the weights depend on it.
     """
     _check_images(train_images, config)
     _check_images(test_images, config)
@@ -164,18 +193,12 @@ def train_classifier(
     if epochs < 1:
         raise ValueError(f"epochs must be ≥ 1, got {epochs}")
     start = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        model, history = _fit(
-            train_images, train_labels, config, epochs, batch_size, lr, weight_decay, seed, log
-        )
-    finally:
-        torch.set_num_threads(threads_before)
-    model.eval().requires_grad_(False)
+    with intra_op_threads(num_threads):
+        model, history = _fit(train_images, train_labels, config, epochs, batch_size, lr, weight_decay, seed, log)
+        model.eval().requires_grad_(False)
+        test_accuracy = accuracy(model, test_images, test_labels)
     report = TrainReport(
-        test_accuracy=accuracy(model, test_images, test_labels),
+        test_accuracy=test_accuracy,
         train_seconds=time.perf_counter() - start,
         epochs=epochs,
         seed=seed,
@@ -207,7 +230,8 @@ def _fit(
         n = x_train.shape[0]
         steps_per_epoch = math.ceil(n / batch_size)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+        total = epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
         history: list[dict[str, float]] = []
         for epoch in range(epochs):
             model.train()
@@ -268,9 +292,16 @@ def metadata_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def save_classifier(path: str | os.PathLike, model: SmallCNN, dataset: str, report: TrainReport | None = None) -> None:
+def save_classifier(
+    path: str | os.PathLike,
+    model: SmallCNN,
+    dataset: str,
+    report: TrainReport | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write weights to `path` (.safetensors) with metadata (config, dataset, input shape, test
-    accuracy) in the safetensors header, and a JSON copy of the metadata beside it."""
+    accuracy, and `extra`, e.g. the cache key) in the safetensors header, and a JSON copy of the
+    metadata beside it. Both files are written atomically (a crash leaves no torn cache file)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"classifier path must end in .safetensors, got {path}")
@@ -286,10 +317,11 @@ def save_classifier(path: str | os.PathLike, model: SmallCNN, dataset: str, repo
     }
     if report is not None:
         meta.update({k: v for k, v in asdict(report).items() if k != "history"})
+    meta.update(extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    metadata_path(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)}))
+    atomic_write_text(metadata_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def load_classifier(
@@ -326,6 +358,40 @@ def load_classifier(
     return ClassifierExtractor(model, dataset, device), meta
 
 
+def data_fingerprint(*tensors: Tensor) -> str:
+    """SHA-256 over the dtypes, shapes and bytes of tensors (the training and test splits)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def training_settings(dataset: str, seed: int = 0, **train_kwargs: Any) -> dict[str, Any]:
+    """The settings `load_or_train_classifier` trains with: the dataset's preset, overridden by
+    `train_kwargs` (epochs, batch_size, lr, weight_decay, num_threads), with the thread count resolved."""
+    p = preset(dataset)
+    settings = {"epochs": p.epochs, "batch_size": p.batch_size, "lr": LR, "weight_decay": WEIGHT_DECAY,
+                "seed": seed, "num_threads": TRAIN_THREADS, **train_kwargs}
+    if settings["num_threads"] is None:  # torch's setting decides the weights: key on its value
+        settings["num_threads"] = torch.get_num_threads()
+    return settings
+
+
+def cache_key(dataset: str, settings: dict[str, Any], data_sha256: str) -> str:
+    """SHA-256 (hex) of everything that decides a cached classifier's weights."""
+    what = {"recipe": RECIPE, "dataset": dataset, "config": asdict(preset(dataset).config), "training": settings,
+            "data_sha256": data_sha256, "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def keyed_path(path: str | os.PathLike, key: str) -> Path:
+    """`dir/name.safetensors` → `dir/name-<first 16 hex digits of key>.safetensors`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-{key[:16]}{path.suffix}")
+
+
 def load_or_train_classifier(
     path: str | os.PathLike,
     dataset: str,
@@ -334,22 +400,30 @@ def load_or_train_classifier(
     log: Callable[[str], None] | None = None,
     **train_kwargs: Any,
 ) -> tuple[ClassifierExtractor, dict[str, Any]]:
-    """The cached classifier at `path` if it exists (and is for `dataset`), else train and save one.
+    """The cached classifier for `dataset` and these settings, else train and cache one.
 
+    `path` names the cache (`dir/<dataset>-<res>px.safetensors`); the file actually used is
+    `keyed_path(path, cache_key(...))`, so other settings, data or torch versions train their own.
     `load_splits()` returns (train_images, train_labels, test_images, test_labels) as uint8
-    (N, C, H, W) images and integer labels; it is only called when training is needed.
+    (N, C, H, W) images and integer labels; it is called every time (the data are part of the key),
+    so it should return tensors already in memory. `train_kwargs` override the preset (see
+    `training_settings`). The metadata gains "cache_key", "training", "data_sha256" and "torch".
     """
-    path = Path(path)
+    splits = load_splits()
+    settings = training_settings(dataset, seed, **train_kwargs)
+    data_sha256 = data_fingerprint(*splits)
+    key = cache_key(dataset, settings, data_sha256)
+    path = keyed_path(path, key)
     if path.is_file():
         extractor, meta = load_classifier(path)
-        if meta["dataset"] != dataset:
-            raise MetricError(f"classifier {path} was trained on {meta['dataset']!r}, not {dataset!r}")
+        if meta["dataset"] != dataset or meta.get("cache_key") != key:
+            raise MetricError(
+                f"classifier cache {path} does not hold the classifier its name says; delete it to retrain"
+            )
         return extractor, meta
-    p = preset(dataset)
-    settings = {"epochs": p.epochs, "batch_size": p.batch_size, **train_kwargs}
-    model, report = train_classifier(*load_splits(), config=p.config, seed=seed, log=log, **settings)
+    model, report = train_classifier(*splits, config=preset(dataset).config, log=log, **settings)
     if log is not None:
         log(f"classifier-{dataset}: test accuracy {report.test_accuracy:.4f} after {report.train_seconds:.1f} s")
-    save_classifier(path, model, dataset, report)
+    extra = {"cache_key": key, "training": settings, "data_sha256": data_sha256, "torch": torch.__version__}
+    save_classifier(path, model, dataset, report, extra)
     return load_classifier(path)
-
