@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from gcflow.pairs import build_pairs
 from gcflow.pairs.gc import generator_augment
 from gcflow.randomness import step_generator
 from gcflow.shapes import flatten_samples, per_sample
@@ -45,8 +44,7 @@ Objective = Callable[["TrainStep", "StepInputs", Tensor], Tensor]
 
 def pairs_objective(step: TrainStep, inp: StepInputs, z: Tensor) -> Tensor:
     """CT or CD pairs (with GC rows when μ > 0) and the consistency loss, as iCT."""
-    pairs = build_pairs(step.recipe, inp.x0, z, inp.sigma_i, inp.sigma_next, inp.weight,
-                        gc_mask=inp.gc_mask, predictor=step._step_predictor(inp), velocity=step.velocity)
+    pairs = step.pairs(inp, z)
     return step.loss_fn(step._model_fn(inp.labels), pairs, step.distance, inp.dropout)
 
 

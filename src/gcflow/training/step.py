@@ -39,7 +39,7 @@ from gcflow.distances import get_distance
 from gcflow.dropout import SharedDropout
 from gcflow.ema import ema_update
 from gcflow.loss import consistency_loss
-from gcflow.pairs import PairRecipe
+from gcflow.pairs import PairRecipe, build_pairs
 from gcflow.pairs.coupling import ot_assignment
 from gcflow.pairs.gc import select_gc
 from gcflow.pairs.types import PointFn
@@ -268,6 +268,11 @@ class TrainStep:
                 return net(x, s, labels) if labels is not None else net(x, s)
 
         return f
+
+    def pairs(self, inp: StepInputs, z: Tensor) -> Any:
+        """This step's CT/CD pairs (GC rows where inp.gc_mask): the library call a user's own loop makes."""
+        return build_pairs(self.recipe, inp.x0, z, inp.sigma_i, inp.sigma_next, inp.weight,
+                           gc_mask=inp.gc_mask, predictor=self._step_predictor(inp), velocity=self.velocity)
 
     def forward_backward(self, step: int) -> tuple[Tensor, Tensor]:
         """Loss and gradient on global batch `step` (this process's slice); returns (loss, gradient norm).
