@@ -151,6 +151,25 @@ def _grid(results: dict[str, Any], out: Path) -> None:
     save_image_grid(out, images, nrow=10, scale=4)
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The results table (mean ± std over seeds) and the verdicts, as Markdown."""
+    summary = _summarise(results, list(range(results["settings"]["seeds"])))
+    t = results["teacher"]
+    lines = ["| method | 1-step FD | 2-step FD | 1-step pixel SW2 | 2-step pixel SW2 |", "|---|---|---|---|---|",
+             (f"| teacher (EDM, 18 Heun steps = 35 NFE) | {t['heun']['classifier_fd']:.1f} | | "
+              f"{t['heun']['pixel_sliced_w2']:.3f} | |")]
+    for label, row in summary["table"].items():
+        cells = [f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" for k in ("1-step classifier_fd", "2-step classifier_fd")]
+        cells += [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("1-step pixel_sliced_w2", "2-step pixel_sliced_w2")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    floor = t["floor"]
+    lines.append(f"| held-out data (noise floor) | {floor['classifier_fd_noise_floor']:.1f} | | "
+                 f"{floor['pixel_sliced_w2_noise_floor']:.3f} | |")
+    lines += ["", "| claim | metric | verdict |", "|---|---|---|"]
+    lines += [f"| {v['claim']} | {v['metric']} | {v['verdict']} |" for v in summary["verdicts"]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=400, help="tuning steps of every consistency run")
@@ -160,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "teacher-study", help="run folders")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "teacher_study.json")
     p.add_argument("--grid", type=Path, default=ROOT / "docs" / "figures" / "teacher_study_grid.png")
+    p.add_argument("--report", action="store_true", help="only print the Markdown table of the cached results")
     args = p.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(args.json.read_text())))
+        return 0
     settings = {"steps": args.steps, "teacher_steps": args.teacher_steps, "seeds": args.seeds}
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
     if results.get("settings") != settings:
