@@ -118,10 +118,10 @@ def _summarise(results: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
 
     table: dict[str, Any] = {}
     for label in METHODS:
-        runs = [results["runs"].get(f"{label}|seed{s}") for s in seeds]
-        if not all(runs):
+        runs = [r for s in seeds if (r := results["runs"].get(f"{label}|seed{s}"))]
+        if not runs:  # (a partial study reports the seeds that finished)
             continue
-        row = {}
+        row: dict[str, Any] = {"seeds": len(runs)}
         for sampler in ("1-step", "2-step"):
             for metric in ("classifier_fd", "pixel_sliced_w2"):
                 vals = [r[sampler][metric] for r in runs]
@@ -159,6 +159,7 @@ def markdown(results: dict[str, Any]) -> str:
              (f"| teacher (EDM, 18 Heun steps = 35 NFE) | {t['heun']['classifier_fd']:.1f} | | "
               f"{t['heun']['pixel_sliced_w2']:.3f} | |")]
     for label, row in summary["table"].items():
+        label = f"{label} ({row['seeds']} seeds)"
         cells = [f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" for k in ("1-step classifier_fd", "2-step classifier_fd")]
         cells += [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("1-step pixel_sliced_w2", "2-step pixel_sliced_w2")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
