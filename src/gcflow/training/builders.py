@@ -49,10 +49,24 @@ def _songunet(cfg: Config, shape: tuple[int, ...], num_classes: int) -> nn.Modul
 NETWORKS: dict[str, Callable[[Config, tuple[int, ...], int], nn.Module]] = {"mlp": _mlp, "songunet": _songunet}
 
 
-def build_model(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0) -> ConsistencyModel:
-    """The preconditioned consistency model f_θ for data of shape `data_shape` (without the batch axis)."""
+def build_model(cfg: Config, data_shape: tuple[int, ...], num_classes: int = 0) -> nn.Module:
+    """The preconditioned model for data of shape `data_shape` (without the batch axis): the consistency
+    model f_θ, or EDM's denoiser D_θ for a diffusion run (method.pairs=edm)."""
     net = NETWORKS[cfg.network.kind](cfg, tuple(data_shape), num_classes)
+    if cfg.method.pairs == "edm":
+        from gcflow.teacher.edm_loss import Denoiser
+
+        return Denoiser(net, sigma_data=cfg.method.sigma_data)
     return ConsistencyModel(net, sigma_data=cfg.method.sigma_data, sigma_min=cfg.method.sigma_min)
+
+
+def init_from_teacher(model: nn.Module, cfg: Config) -> nn.Module:
+    """`model` with its raw network copied from method.init_from (a diffusion run or imported file), if set."""
+    if not cfg.method.init_from:
+        return model
+    from gcflow.teacher.source import init_from_teacher as copy_teacher
+
+    return copy_teacher(model, cfg.method.init_from)
 
 
 def _lion(params: Any, cfg: Config) -> torch.optim.Optimizer:
@@ -70,7 +84,12 @@ def _adam(params: Any, cfg: Config) -> torch.optim.Optimizer:
                              foreach=None if fused else True, fused=fused or None)
 
 
-OPTIMIZERS: dict[str, Callable[[Any, Config], torch.optim.Optimizer]] = {"lion": _lion, "adam": _adam}
+def _radam(params: Any, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim  # ECT's optimiser (locuslab/ect: RAdam, betas 0.9/0.999, eps 1e-8)
+    return torch.optim.RAdam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[Any, Config], torch.optim.Optimizer]] = {"lion": _lion, "adam": _adam, "radam": _radam}
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:

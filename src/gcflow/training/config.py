@@ -53,7 +53,8 @@ class NetworkConfig:
 
 @dataclass
 class MethodConfig:
-    pairs: str = _f("ct", "pair kind: ct (consistency training) or cd (distillation with the exact toy velocity)")
+    pairs: str = _f("ct", "objective: ct (consistency training), cd (distillation: method.teacher, else the exact "
+                    "velocity of the toy or of the empirical data), edm (diffusion pretraining), ect (ECT tuning)")
     coupling: str = _f("independent", "data-noise coupling: independent (iCT) or ot (minibatch optimal transport)")
     gc_mu: float = _f(0.0, "mu: probability that a sample is a generator-augmented (GC) pair, in [0, 1]")
     gc_predictor: str = _f("ema", "GC predictor: ema (default), online, or frozen (a trained run, see gc_checkpoint)")
@@ -68,6 +69,14 @@ class MethodConfig:
     p_std: float = _f(2.0, "lognormal level sampling: std of log sigma")
     s0: int = _f(10, "curriculum: initial number of grid intervals")
     s1: int = _f(1280, "curriculum: final number of grid intervals")
+    teacher: str = _f("", "CD teacher: a gcflow diffusion run (method.pairs=edm) or a 'gcflow import-edm' file")
+    init_from: str = _f("", "initialise the network from this diffusion run or imported file (ECT: the teacher)")
+    ect_q: float = _f(2.0, "ECT: the gap t - r(t) shrinks by this factor per stage")
+    ect_k: float = _f(8.0, "ECT: sigmoid mapping n(t) = 1 + k sigmoid(-b t), k")
+    ect_b: float = _f(1.0, "ECT: sigmoid mapping n(t) = 1 + k sigmoid(-b t), b")
+    ect_mapping: str = _f("sigmoid", "ECT: mapping r(t), sigmoid or const")
+    ect_stages: int = _f(8, "ECT: number of equal stages over train.steps (200k / 8 = 25k iterations in ECT)")
+    edm_sampler_steps: int = _f(18, "diffusion runs (method.pairs=edm): deterministic Heun steps when sampling")
 
 
 @dataclass
@@ -113,12 +122,13 @@ GROUPS = tuple(f.name for f in dataclasses.fields(Config))
 CHOICES: dict[str, tuple[str, ...]] = {
     "network.kind": ("mlp", "songunet"),
     "network.embedding": ("positional", "fourier"),
-    "method.pairs": ("ct", "cd"),
+    "method.pairs": ("ct", "cd", "edm", "ect"),
+    "method.ect_mapping": ("sigmoid", "const"),
     "method.coupling": ("independent", "ot"),
     "method.gc_predictor": ("ema", "online", "frozen"),
     "method.cd_solver": ("euler", "heun"),
     "method.distance": ("pseudo_huber", "l2", "l2_norm", "l1"),  # "l1": old name of l2_norm, still accepted
-    "optim.name": ("lion", "adam"),
+    "optim.name": ("lion", "adam", "radam"),
     "train.nonfinite": ("stop", "skip"),
     "train.precision": ("auto", "fp32", "bf16"),
 }
@@ -262,6 +272,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("method.pairs=cd cannot be combined with method.gc_mu>0; GC builds CT pairs")
     if m.gc_predictor == "frozen" and m.gc_mu > 0 and not m.gc_checkpoint:
         raise ConfigError("method.gc_predictor=frozen needs method.gc_checkpoint=RUN_DIR_OR_FILE")
+    check_teacher_options(cfg)
     if not (1 <= m.s0 <= m.s1):
         raise ConfigError(f"need 1 <= method.s0 <= method.s1, got {m.s0} and {m.s1}")
     if o.lr <= 0:
@@ -282,6 +293,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"network.dropout={list(cfg.network.dropout)} must be in [0, 1)")
     if cfg.network.width < 1 or cfg.network.depth < 1 or cfg.network.channels < 1:
         raise ConfigError("network.width, network.depth and network.channels must be >= 1")
+
+
+def check_teacher_options(cfg: Config) -> None:
+    """The options of the teacher modes (method.pairs edm/ect, method.teacher, method.init_from)."""
+    m = cfg.method
+    if m.pairs == "edm" and (m.gc_mu > 0 or m.teacher):
+        raise ConfigError("method.pairs=edm trains a diffusion model; drop method.gc_mu and method.teacher")
+    if m.teacher and m.pairs != "cd":
+        raise ConfigError(f"method.teacher is used by method.pairs=cd only (got method.pairs={m.pairs}); use method.init_from")
+    if m.ect_q <= 1 or m.ect_k < 0 or m.ect_b < 0 or m.ect_stages < 1 or m.edm_sampler_steps < 1:
+        raise ConfigError("need method.ect_q > 1, method.ect_k, ect_b >= 0, method.ect_stages, edm_sampler_steps >= 1")
 
 
 def describe_options() -> str:

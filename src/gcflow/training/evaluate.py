@@ -31,6 +31,10 @@ from gcflow.training.data_source import ImageSource, image_splits, is_toy, load_
 def generate(model: nn.Module, z: Tensor, cfg: Config, steps: int, class_labels: Tensor | None = None, seed: int = 0) -> Tensor:
     """Samples (B, *D) from standard normals z with the 1-step or multistep consistency sampler."""
     m = cfg.method
+    if m.pairs == "edm":  # a diffusion run: EDM's deterministic Heun sampler (gcflow.teacher.edm_sampler)
+        from gcflow.teacher.edm_sampler import sample_denoiser
+
+        return sample_denoiser(model, z, m.edm_sampler_steps, m.sigma_min, m.sigma_max, m.rho, class_labels)
 
     def f(x: Tensor, s: Tensor) -> Tensor:
         return model(x, s, class_labels) if class_labels is not None else model(x, s)

@@ -48,6 +48,7 @@ from gcflow.sigmas import ict_num_scales, sample_noise_levels
 from gcflow.training.builders import resolve_precision
 from gcflow.training.config import Config
 from gcflow.training.distributed import World
+from gcflow.training.objectives import get_objective
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
@@ -141,7 +142,8 @@ class TrainStep:
         # The coupling is applied here (see _coupled_noise: the OT assignment may be solved a step
         # ahead in a worker thread) and the GC mask is drawn for the global batch (draw_inputs);
         # build_pairs gets both, as in a user's own loop.
-        self.recipe = PairRecipe(kind=m.pairs, cd_solver=m.cd_solver)
+        self.recipe = PairRecipe(kind="cd" if m.pairs == "cd" else "ct", cd_solver=m.cd_solver)
+        self.objective = get_objective(m.pairs)  # training/objectives.py: ct/cd pairs, edm, ect
         self.ot = m.coupling == "ot"
         self.distance = get_distance(m.distance)
         self.max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -267,6 +269,11 @@ class TrainStep:
 
         return f
 
+    def pairs(self, inp: StepInputs, z: Tensor) -> Any:
+        """This step's CT/CD pairs (GC rows where inp.gc_mask): the library call a user's own loop makes."""
+        return build_pairs(self.recipe, inp.x0, z, inp.sigma_i, inp.sigma_next, inp.weight,
+                           gc_mask=inp.gc_mask, predictor=self._step_predictor(inp), velocity=self.velocity)
+
     def forward_backward(self, step: int) -> tuple[Tensor, Tensor]:
         """Loss and gradient on global batch `step` (this process's slice); returns (loss, gradient norm).
 
@@ -277,9 +284,7 @@ class TrainStep:
         inp = self._take(step)
         self.n_scales = inp.n_scales
         z = self._coupled_noise(inp)
-        pairs = build_pairs(self.recipe, inp.x0, z, inp.sigma_i, inp.sigma_next, inp.weight,
-                            gc_mask=inp.gc_mask, predictor=self._step_predictor(inp), velocity=self.velocity)
-        loss = self.loss_fn(self._model_fn(inp.labels), pairs, self.distance, inp.dropout).mean()
+        loss = self.objective(self, inp, z).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if math.isinf(self.max_norm):  # no clipping: only the norm, for the non-finite check

@@ -28,7 +28,8 @@ from gcflow.ema import ema_decay_from_half_life, make_ema
 from gcflow.loss import consistency_loss
 from gcflow.randomness import stream_seed
 from gcflow.training import distributed
-from gcflow.training.builders import build_model, build_optimizer, set_memory_format
+from gcflow.teacher.source import cd_velocity
+from gcflow.training.builders import build_model, build_optimizer, init_from_teacher, set_memory_format
 from gcflow.training.config import Config, TrainConfig, from_dict, to_dict, validate
 from gcflow.training.data_source import build_source, check_image_data, is_toy
 from gcflow.training.distributed import World, split_global_batch
@@ -149,7 +150,7 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
     # starts from the same ones). The EMA and the optimizer state inherit the model's memory layout.
     parts = _build_parts(cfg, source, device)
     predictor = build_gc_predictor(cfg, parts.model, parts.ema, device) if cfg.method.gc_mu > 0 else None
-    velocity = _cd_velocity(source) if cfg.method.pairs == "cd" else None
+    velocity = cd_velocity(cfg, source, device) if cfg.method.pairs == "cd" else None  # teacher or exact
 
     # Resume from the newest good checkpoint, or start the run's files.
     start, loss_window = _resume_or_start(cfg, run_dir, world, parts, resume, log)
@@ -210,7 +211,8 @@ def _set_up_device(cfg: Config, world: World) -> torch.device:
 
 def _build_parts(cfg: Config, source: Any, device: torch.device) -> RunParts:
     torch.manual_seed(stream_seed(cfg.train.seed, 0, "init"))
-    model = set_memory_format(build_model(cfg, source.shape, source.num_classes).to(device), cfg)
+    model = init_from_teacher(build_model(cfg, source.shape, source.num_classes), cfg)  # ECT: teacher's weights
+    model = set_memory_format(model.to(device), cfg)
     ema = make_ema(model)
     return RunParts(cfg, model, ema, build_optimizer(model, cfg), source)
 
@@ -219,16 +221,6 @@ def _ema_decay(cfg: Config) -> float:
     """The per-step EMA decay: from the half-life in images when set, else optim.ema_decay."""
     o = cfg.optim
     return ema_decay_from_half_life(o.ema_half_life, cfg.train.batch_size) if o.ema_half_life > 0 else o.ema_decay
-
-
-def _cd_velocity(source: Any) -> Callable[[Tensor, Tensor], Tensor]:
-    """The toy mixture's exact probability-flow velocity (evaluated in float64) for CD pairs."""
-    mixture = source.mixture
-
-    def velocity(x: Tensor, s: Tensor) -> Tensor:
-        return mixture.velocity(x.to(torch.float64), s.to(torch.float64)).to(x.dtype)
-
-    return velocity
 
 
 def _resume_or_start(
