@@ -91,13 +91,14 @@ class TrainConfig:
     eval_samples: int = _f(1000, "samples per evaluation")
     checkpoint_every: int = _f(1000, "write a checkpoint every this many steps (0 = only at the end)")
     keep_checkpoints: int = _f(3, "how many recent checkpoints to keep")
-    log_every: int = _f(50, "refresh the progress bar every this many steps")
+    log_every: int = _f(50, "log a training record (loss, grad norm, lr, ...) to metrics.jsonl every this many steps")
     sample_steps: int = _f(1, "sampler steps for evaluation and samples.png")
     nonfinite: str = _f("stop", "on a non-finite loss or gradient: stop, or skip the step")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
     precision: str = _f("auto", "network passes in fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU")
     channels_last: bool = _f(True, "image networks use the channels-last memory layout (faster convolutions)")
     compile: bool = _f(False, "compile the training passes with torch.compile (slow first steps, faster after)")
+    tensorboard: str = _f("auto", "TensorBoard events in RUN/tb: auto (if the tensorboard package is installed), on, off")
 
 
 @dataclass
@@ -121,6 +122,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("lion", "adam"),
     "train.nonfinite": ("stop", "skip"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.tensorboard": ("auto", "on", "off"),
 }
 
 
@@ -284,10 +286,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("network.width, network.depth and network.channels must be >= 1")
 
 
-def describe_options() -> str:
-    """One line per option: key, type, default and help (for --help)."""
+def describe_options(cfg: Config | None = None) -> str:
+    """One line per option: key, type, value and help (for --help); values are `cfg`'s (default: the library's)."""
     lines = []
-    for key, f, value in iter_fields():
+    for key, f, value in iter_fields(cfg):
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
         lines.append(f"  {key:<26} {_type_name(f.type):<14} {str(shown):<14} {f.metadata['help']}")
     return "\n".join(lines)
