@@ -17,7 +17,7 @@ from gcflow.files import atomic_write_bytes
 from gcflow.plotting import metric_label, save_overlaid_curves
 
 # Record fields that are bookkeeping, not curves; noise floors are drawn with their metric instead.
-NOT_CURVES = {"step", "images", "kind", "seconds"}
+NOT_CURVES = {"step", "images", "kind", "seconds", "partial", "window_steps", "loss_sum", "grad_norm_sum", "gc_rows"}
 FLOORS = {"w2": "w2_noise_floor", "sliced_w2": "sliced_w2_noise_floor"}
 # Curves first in this order (the training record, then evaluations); other numeric keys after, sorted.
 CURVE_ORDER = ["loss", "grad_norm", "lr", "n_scales", "mu", "gc_fraction", "images_per_s", "step_time_ms",

@@ -193,6 +193,32 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def check_overrides_agree(items: list[tuple[str, str]]) -> None:
+    """Refuse a setting given twice with different values (ConfigError, one line).
+
+    Args:
+        items: (how the user spelled it, "group.field=value") pairs, e.g. ("--mu 0.3", "method.gc_mu=0.3")
+            and ("method.gc_mu=0.7", "method.gc_mu=0.7"). Values are compared after parsing, so
+            `0.3` and `.30` agree; unknown keys and bad values are left to `apply_overrides`.
+    """
+    known = {key: f for key, f, _ in iter_fields()}
+    seen: dict[str, tuple[str, Any]] = {}
+    for spelling, item in items:
+        key, _, text = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if key not in known or not _:
+            continue
+        try:
+            value = parse_value(key, known[key].type, text)
+        except ConfigError:
+            continue
+        if key in seen and seen[key][1] != value:
+            raise ConfigError(
+                f"{key} is given twice with different values ({seen[key][0]} and {spelling}); keep one of them"
+            )
+        seen.setdefault(key, (spelling, value))
+
+
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     """The config as plain JSON-able dicts (tuples become lists)."""
     return {g: {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(getattr(cfg, g)).items()} for g in GROUPS}

@@ -10,7 +10,9 @@ metrics.jsonl holds two kinds of record, told apart by "kind":
   of the EMA model (its "loss" is the mean over all processes since the previous evaluation).
 
 A training window ends at every log, evaluation and checkpoint step, so a resumed run (which
-starts at a checkpoint) writes exactly the records of an uninterrupted one, timings aside.
+starts at a checkpoint) writes exactly the records of an uninterrupted one, timings aside. A run
+stopped by a signal mid-window writes that window as a record marked "partial" with its raw sums;
+resuming takes the sums back and removes the record, so the window ends where it would have.
 
 **No host sync in the hot loop.** On CUDA the loss and gradient norm are summed on the device;
 when a window ends the sums are copied to pinned host memory without blocking and an event is
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gcflow.files import atomic_write_text
 from gcflow.pairs.gc import select_gc
 from gcflow.randomness import step_generator
 from gcflow.sinks import MetricSink, open_sinks
@@ -95,7 +98,8 @@ class TrainCurves:
                  sinks: MetricSink) -> None:
         self.cfg, self.stepper, self.opt, self.device, self.sinks = cfg, stepper, opt, device, sinks
         self.sums = torch.zeros(2, device=device)
-        self.count = 0
+        self.count = 0  # steps in the window
+        self.timed = 0  # of which run by this process (a resumed window's first steps ran before the stop)
         self.gc = 0
         self.excluded = 0.0  # seconds of evaluation and checkpoints inside the window
         self.t0 = time.perf_counter()
@@ -106,18 +110,23 @@ class TrainCurves:
         """Count step `step` (0-based): loss and grad_norm are 0-d device tensors; nothing waits for the device."""
         self.sums += torch.stack((loss.detach().float(), grad_norm.detach().float()))
         self.count += 1
+        self.timed += 1
         self.gc += gc_rows(self.stepper, self.cfg, step)
 
     def exclude(self, seconds: float) -> None:
         """Leave `seconds` (an evaluation, a checkpoint) out of the window's throughput."""
         self.excluded += seconds
 
-    def end_window(self, done: int, wait: bool) -> None:
+    def end_window(self, done: int, wait: bool, partial: bool = False) -> None:
         """End the window after `done` steps; write the previous window's record now (and this one's
-        too when `wait`, at points that sync anyway: evaluations, checkpoints, the end)."""
+        too when `wait`, at points that sync anyway: evaluations, checkpoints, the end). `partial`:
+        a stop mid-window; the record also holds the raw sums that `restore` takes back."""
         if self.count == 0:
             return
+        gc = self.gc
         window = self._snapshot(done)
+        if partial:
+            window.host.update(partial=True, gc_rows=gc)
         self.flush()
         self.pending = window
         if wait:
@@ -132,13 +141,13 @@ class TrainCurves:
             "n_scales": int(self.stepper.n_scales),
             "mu": step_mu(self.stepper, self.cfg, done - 1),
             "gc_fraction": self.gc / (self.count * b),
-            "images_per_s": self.count * b / seconds,
-            "step_time_ms": 1000.0 * seconds / self.count,
+            "images_per_s": self.timed * b / seconds,
+            "step_time_ms": 1000.0 * seconds / max(self.timed, 1),
         }
         sums, ready = _copy_to_host(self.sums)
         window = _Window(done, sums, ready, host, self.count)
         self.sums = torch.zeros(2, device=self.device)  # a fresh buffer: the copy may still read the old one
-        self.count, self.gc, self.excluded, self.t0 = 0, 0, 0.0, time.perf_counter()
+        self.count, self.timed, self.gc, self.excluded, self.t0 = 0, 0, 0, 0.0, time.perf_counter()
         return window
 
     def flush(self) -> None:
@@ -148,11 +157,20 @@ class TrainCurves:
             return
         if w.ready is not None:
             w.ready.synchronize()
-        loss, grad_norm = (float(v) / w.count for v in w.sums.tolist())
+        sums = w.sums.tolist()
+        loss, grad_norm = (v / w.count for v in sums)
         h = w.host
         record = {"kind": h["kind"], "loss": loss, "grad_norm": grad_norm, **{k: v for k, v in h.items() if k != "kind"}}
+        if h.get("partial"):
+            record.update(window_steps=w.count, loss_sum=sums[0], grad_norm_sum=sums[1])
         self.sinks.scalars(w.step, record)
         self.latest = {"step": w.step, **record}
+
+
+    def restore(self, record: dict[str, Any]) -> None:
+        """Continue the window of a "partial" record written when the run was stopped (see the module docstring)."""
+        self.sums = torch.tensor([record["loss_sum"], record["grad_norm_sum"]], device=self.device)
+        self.count, self.gc = int(record["window_steps"]), int(record["gc_rows"])
 
 
 def _lr(opt: torch.optim.Optimizer) -> float | None:
@@ -169,6 +187,23 @@ def _copy_to_host(x: Tensor) -> tuple[Tensor, Any]:
     ready = torch.cuda.Event()
     ready.record()
     return host, ready
+
+
+def take_partial_window(run_dir: Path, step: int) -> dict[str, Any] | None:
+    """On resume from `step`: the partial training record a stop at `step` wrote, removed from
+    metrics.jsonl (rewritten atomically, never through a link); None if there is none."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file() or path.is_symlink():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    if not (isinstance(last, dict) and last.get("partial") and last.get("step") == step and "loss_sum" in last):
+        return None
+    atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
+    return last
 
 
 # -- Evaluations -----------------------------------------------------------------------------------
@@ -213,12 +248,16 @@ class Monitor:
     """
 
     def __init__(self, cfg: Config, run_dir: Path, stepper: Any, opt: torch.optim.Optimizer, device: torch.device,
-                 log: Callable[..., None], purge_step: int | None = None, active: bool = True) -> None:
+                 log: Callable[..., None], resume_step: int | None = None, active: bool = True) -> None:
         self.cfg, self.run_dir, self.log, self.active = cfg, Path(run_dir), log, active
-        self.sinks = open_sinks(self.run_dir, cfg.train.tensorboard, purge_step) if active else _NoSink()
+        # (before the sinks open metrics.jsonl: taking the partial record back rewrites the file)
+        partial = take_partial_window(self.run_dir, resume_step) if active and resume_step is not None else None
+        self.sinks = open_sinks(self.run_dir, cfg.train.tensorboard, resume_step) if active else _NoSink()
         if active:
             self.sinks.text("config", json.dumps(to_dict(cfg), indent=2))
         self.curves = TrainCurves(cfg, stepper, opt, device, self.sinks)
+        if partial is not None:
+            self.curves.restore(partial)
 
     def after_step(self, step: int, loss: Tensor, grad_norm: Tensor) -> None:
         """Count step `step` in the training curves (no device sync)."""
@@ -229,6 +268,12 @@ class Monitor:
         """A log, evaluation or checkpoint step: end the training window (see TrainCurves.end_window)."""
         if self.active:
             self.curves.end_window(done, wait)
+
+    def stopped(self, done: int) -> None:
+        """A stop by signal after step `done`, before its checkpoint: write every record, the open
+        window as a partial one."""
+        if self.active:
+            self.curves.end_window(done, wait=True, partial=True)
 
     def evaluated(self, done: int, record: dict[str, Any], samples: Tensor, evaluator: Any) -> None:
         """Record an evaluation: metrics.jsonl and the sinks, samples.png / metrics.png, one printed line."""

@@ -341,8 +341,10 @@ def _run_steps(loop: _Loop, start: int, signals: StopSignals, bar: tqdm) -> None
 
         # Log (training curves, monitor.py), evaluate, checkpoint.
         loop.monitor.after_step(step, loss, grad_norm)
-        if due.log or due.eval or due.ckpt or stop:
+        if due.log or due.eval or due.ckpt:
             loop.monitor.end_window(done, wait=due.eval or due.ckpt or stop)
+        elif stop:
+            loop.monitor.stopped(done)
         if due.log:
             _show_progress(loop, bar)
         bar.update(1)
