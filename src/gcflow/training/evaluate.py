@@ -153,7 +153,9 @@ def build_evaluator(cfg: Config, source: Any, device: torch.device,
     """The evaluator of the configured data (toys: exact W2 against a fixed reference sample and its noise floor)."""
     if is_toy(cfg.data.name):
         mix = source.mixture
-        return ToyEvaluator(lambda n, g: mix.sample(n, g), cfg.train.eval_samples, mix.dim, cfg.train.seed, device)
+        # float64 draws: the noise floor is computed from them exactly as before toy samples became float32
+        return ToyEvaluator(lambda n, g: mix.sample(n, g, dtype=torch.float64), cfg.train.eval_samples, mix.dim,
+                            cfg.train.seed, device)
     return ImageEvaluator(cfg, source, device, log)
 
 
