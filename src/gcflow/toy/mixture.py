@@ -80,12 +80,13 @@ class GaussianMixture:
         return float(torch.sqrt(second / self.dim))
 
     def sample(self, n: int, generator: torch.Generator | None = None, return_labels: bool = False,
-               dtype: torch.dtype = torch.float32):
+               dtype: torch.dtype = torch.float64):
         """Draw n points, shape (n, d) in `dtype` (and component labels (n,) if asked).
 
-        The default float32 is what a network takes; the draw is made in float64 and cast at the end,
-        so both dtypes give the same points (to float32 rounding) for the same generator. Exact
-        computations (theory, experiments) ask for dtype=torch.float64.
+        Training data for a network: dtype=torch.float32 (what the bundled trainer's toy source
+        feeds). The default float64 matches the mixture's exact methods (denoise, velocity, score),
+        which the theory and experiments combine with these samples. The draw is always made in
+        float64 and cast at the end, so both dtypes give the same points, to float32 rounding.
         """
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)

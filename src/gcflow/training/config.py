@@ -310,6 +310,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"network.dropout={list(cfg.network.dropout)} must be in [0, 1)")
     if cfg.network.width < 1 or cfg.network.depth < 1 or cfg.network.channels < 1:
         raise ConfigError("network.width, network.depth and network.channels must be >= 1")
+    if t.tensorboard == "on":
+        from gcflow.sinks import TB_EXTRA_HINT, tensorboard_available
+
+        if not tensorboard_available():
+            raise ConfigError(f"train.tensorboard=on needs the tensorboard package: {TB_EXTRA_HINT}; or train.tensorboard=off")
 
 
 def describe_options(cfg: Config | None = None) -> str:
