@@ -188,3 +188,32 @@ def test_a_run_writes_tensorboard_curves_samples_and_config(tmp_path):
     assert any(t.startswith("config") for t in tags["tensors"])
     evals = [r for r in _records(tmp_path / "run") if r["kind"] == "eval"]
     assert math.isclose(acc.Scalars("eval/w2")[-1].value, evals[-1]["w2"], rel_tol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_records_never_wait_for_the_device():
+    """add + end_window queue their work without a host-device synchronisation; the values still
+    equal a synchronous computation once flushed (the pattern of test_fast_step's hot-loop test)."""
+    cuda = torch.device("cuda")
+    cfg = apply_overrides(load_preset("toy-gc"), TINY)
+    opt = torch.optim.SGD([torch.zeros(1, device=cuda, requires_grad=True)], lr=0.5)
+    sink = _Sink()
+    curves = mon.TrainCurves(cfg, _Stepper(), opt, cuda, sink)
+    values = torch.rand(12, 2, generator=torch.Generator().manual_seed(0)).to(cuda)
+    curves.add(0, values[0, 0], values[0, 1])  # warm-up: the first pinned buffer and event
+    curves.end_window(1, wait=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for k in range(1, 12):
+            curves.add(k, values[k, 0], values[k, 1])
+            if (k + 1) % 4 == 0:
+                curves.end_window(k + 1, wait=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    curves.flush()
+    assert [s for s, _ in sink.records] == [1, 4, 8, 12]
+    host = values.cpu().double()
+    for (step, rec), (lo, hi) in zip(sink.records[1:], [(1, 4), (4, 8), (8, 12)]):
+        assert rec["loss"] == pytest.approx(host[lo:hi, 0].mean().item(), rel=1e-6)
+        assert rec["grad_norm"] == pytest.approx(host[lo:hi, 1].mean().item(), rel=1e-6)
