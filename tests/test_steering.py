@@ -39,7 +39,8 @@ def test_help_shows_the_preset_s_values_not_the_library_defaults(capsys, argv):
     # toy-gc (the default job): adam, 1e-3, 3000 steps, mu 0.5; the library defaults are lion, 1e-4, 4000, 0.
     assert [_option_value(out, k) for k in ("optim.name", "optim.lr", "train.steps", "method.gc_mu")] == \
         ["adam", "0.001", "3000", "0.5"]
-    assert "values of preset toy-gc" in out and re.search(r"--steps STEPS\s+shorthand for train.steps=N \(now 3000\)", out)
+    assert "values of preset toy-gc" in out
+    assert re.search(r"--steps STEPS\s+shorthand for train.steps=N \(now 3000\)", out)
     assert [_option_value(describe_options(), k) for k in ("optim.name", "train.steps")] == ["lion", "4000"]
 
 
@@ -101,7 +102,8 @@ def test_config_with_preset_or_a_missing_file_is_one_line(capsys, tmp_path):
     assert "--config and --preset cannot be combined" in line
     assert "no such file" in _one_line_error(capsys, main(["train", "--config", str(tmp_path / "c.json")]))
     (tmp_path / "c.json").write_text("{not json")
-    assert "not a readable gcflow config" in _one_line_error(capsys, main(["train", "--config", str(tmp_path / "c.json")]))
+    line = _one_line_error(capsys, main(["train", "--config", str(tmp_path / "c.json")]))
+    assert "not a readable gcflow config" in line
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -122,5 +124,6 @@ def test_run_folder_names_show_the_preset_and_the_changed_overrides(tmp_path):
     args = _args(config=run / "config.json", seed=2)
     _, overrides = train_cmd.resolve_config(args)
     assert args.preset == "toy-gc-mu0.3"
-    assert re.fullmatch(r"toy-gc-mu0\.3-seed2-\d{8}-\d{6}-[0-9a-f]{4}", default_run_dir(tmp_path, args.preset, overrides).name)
+    name = default_run_dir(tmp_path, args.preset, overrides).name
+    assert re.fullmatch(r"toy-gc-mu0\.3-seed2-\d{8}-\d{6}-[0-9a-f]{4}", name), name
     assert train_cmd.resolve_config(_args())[0].method.gc_mu == 0.5  # no --preset: the default job, toy-gc

@@ -76,7 +76,9 @@ def _run(args: argparse.Namespace) -> int:
     model, cfg = run.model, run.config
     levels = sampler_levels(cfg, args.steps, args.sigmas)
     if args.label is not None and not run.num_classes:
-        raise ConfigError(f"--label {args.label}: {args.run_dir} is an unconditional model (no class labels); drop --label")
+        raise ConfigError(
+            f"--label {args.label}: {args.run_dir} is an unconditional model (no class labels); drop --label"
+        )
     name = f"steps{len(levels)}" if args.sigmas is None else "sigmas" + "_".join(f"{s:g}" for s in levels)
     stem = args.out or args.run_dir / "samples" / f"n{args.n}-{name}-seed{args.seed}"
     images = len(run.data_shape) == 3

@@ -122,7 +122,9 @@ def resolve_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
     --config RUN/config.json, then the overrides. Sets args.preset to the name run folders start
     with (the preset, or the earlier run's folder name without its time stamp)."""
     if args.config is not None and args.preset is not None:
-        raise ConfigError("--config and --preset cannot be combined: the config file holds every setting; drop --preset")
+        raise ConfigError(
+            "--config and --preset cannot be combined: the config file holds every setting; drop --preset"
+        )
     overrides = [item for _, item in shorthand_overrides(args)]
     if args.config is not None:
         base = _read_config_file(args.config)
@@ -155,7 +157,7 @@ def _rerun_label(path: Path) -> str:
 
 
 def print_help(args: argparse.Namespace) -> int:
-    """`gcflow train [--preset P | --config FILE] [overrides] --help`: the options with the values they would train with."""
+    """`gcflow train [--preset P | --config FILE] [overrides] --help`: the options with the values they train with."""
     parser: argparse.ArgumentParser = args._parser
     cfg, _ = resolve_config(args)
     source = f"--config {args.config}" if args.config is not None else f"preset {args.preset}"

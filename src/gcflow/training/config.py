@@ -98,7 +98,7 @@ class TrainConfig:
     precision: str = _f("auto", "network passes in fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU")
     channels_last: bool = _f(True, "image networks use the channels-last memory layout (faster convolutions)")
     compile: bool = _f(False, "compile the training passes with torch.compile (slow first steps, faster after)")
-    tensorboard: str = _f("auto", "TensorBoard events in RUN/tb: auto (if the tensorboard package is installed), on, off")
+    tensorboard: str = _f("auto", "TensorBoard events in RUN/tb: auto (when tensorboard is installed), on or off")
 
 
 @dataclass
@@ -314,7 +314,9 @@ def validate(cfg: Config) -> None:
         from gcflow.sinks import TB_EXTRA_HINT, tensorboard_available
 
         if not tensorboard_available():
-            raise ConfigError(f"train.tensorboard=on needs the tensorboard package: {TB_EXTRA_HINT}; or train.tensorboard=off")
+            raise ConfigError(
+                f"train.tensorboard=on needs the tensorboard package: {TB_EXTRA_HINT}; or train.tensorboard=off"
+            )
 
 
 def describe_options(cfg: Config | None = None) -> str:

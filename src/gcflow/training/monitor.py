@@ -160,7 +160,8 @@ class TrainCurves:
         sums = w.sums.tolist()
         loss, grad_norm = (v / w.count for v in sums)
         h = w.host
-        record = {"kind": h["kind"], "loss": loss, "grad_norm": grad_norm, **{k: v for k, v in h.items() if k != "kind"}}
+        record = {"kind": h["kind"], "loss": loss, "grad_norm": grad_norm}
+        record.update((k, v) for k, v in h.items() if k != "kind")
         if h.get("partial"):
             record.update(window_steps=w.count, loss_sum=sums[0], grad_norm_sum=sums[1])
         self.sinks.scalars(w.step, record)
