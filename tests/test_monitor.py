@@ -217,3 +217,16 @@ def test_cuda_training_records_never_wait_for_the_device():
     for (step, rec), (lo, hi) in zip(sink.records[1:], [(1, 4), (4, 8), (8, 12)]):
         assert rec["loss"] == pytest.approx(host[lo:hi, 0].mean().item(), rel=1e-6)
         assert rec["grad_norm"] == pytest.approx(host[lo:hi, 1].mean().item(), rel=1e-6)
+
+
+def test_report_of_a_running_run_takes_final_metrics_from_its_evaluations(tmp_path):
+    from gcflow.report import RunRecords, curve_keys, final_metrics
+
+    recs = [{"step": 10, "kind": "train", "loss": 0.5, "grad_norm": 3.0, "images_per_s": 900.0},
+            {"step": 10, "kind": "eval", "loss": 0.6, "w2": 0.3},
+            {"step": 15, "kind": "train", "loss": 0.4, "grad_norm": 2.0, "partial": True, "loss_sum": 2.0}]
+    run = RunRecords("r", tmp_path, {}, recs, None)
+    assert final_metrics(run) == {"step": 10, "loss": 0.6, "w2": 0.3}
+    assert curve_keys([run]) == ["loss", "grad_norm", "images_per_s", "w2"]
+    only_train = RunRecords("r", tmp_path, {}, recs[:1], None)
+    assert final_metrics(only_train)["loss"] == 0.5

@@ -85,11 +85,13 @@ def curve_keys(runs: Sequence[RunRecords]) -> list[str]:
 
 
 def final_metrics(run: RunRecords) -> dict[str, Any]:
-    """The run's final numbers: summary.json's scalars, or the newest value of each metric while it runs."""
+    """The run's final numbers: summary.json's scalars, or while it runs the newest value of each metric
+    of its evaluations (the training records' every-log_every values when it has not evaluated yet)."""
     if run.summary is not None:
-        return {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str)) and k != "run_dir"}
+        return {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str)) and k not in ("run_dir", "kind")}
+    evals = [r for r in run.records if r.get("kind") != "train"]
     last: dict[str, Any] = {}
-    for rec in run.records:
+    for rec in evals or run.records:
         last.update({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "kind"})
     return last
 

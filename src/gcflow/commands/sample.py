@@ -65,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     from gcflow.plotting import save_image_grid, save_scatter
     from gcflow.sampling import seeded_normal
     from gcflow.training.builders import resolve_device
+    from gcflow.training.evaluate import generate
     from gcflow.training.run_state import load_run
 
     if args.n < 1 or (args.steps is not None and args.steps < 1) or args.batch < 1:
@@ -97,7 +98,11 @@ def _run(args: argparse.Namespace) -> int:
             if args.label is not None and not 0 <= args.label < k:
                 raise ConfigError(f"--label {args.label} is outside the run's classes 0..{k - 1}")
             labels = torch.tensor([args.label if args.label is not None else s % k for s in seeds], device=device)
-        chunks.append(sample_at_levels(model, z, cfg, levels, labels, seed=args.seed + start).cpu())
+        if args.sigmas is None:  # the evaluations' sampler (Karras levels)
+            x = generate(model, z, cfg, len(levels), class_labels=labels, seed=args.seed + start)
+        else:
+            x = sample_at_levels(model, z, cfg, levels, labels, seed=args.seed + start)
+        chunks.append(x.cpu())
     x = torch.cat(chunks)
     buf = io.BytesIO()
     np.save(buf, x.numpy())
