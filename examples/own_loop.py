@@ -23,7 +23,7 @@ args = ap.parse_args()
 torch.manual_seed(0)
 torch.set_num_threads(1)  # tiny ops: a second thread only waits
 
-toy = make_toy("ring8")  # 8 Gaussians on a ring; its sampler returns float64 points (n, 2)
+toy = make_toy("ring8")  # 8 Gaussians on a ring; its sampler returns (n, 2) points
 model = gcflow.ConsistencyModel(ToyMLP(dim=2, width=128, depth=3))
 ema = gcflow.make_ema(model)
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -32,7 +32,7 @@ distance = gcflow.get_distance("pseudo_huber")
 gen = torch.Generator().manual_seed(0)
 
 for step in range(args.steps):
-    x0 = toy.sample(256, generator=gen).float()  # the model runs in float32
+    x0 = toy.sample(256, generator=gen, dtype=torch.float32)  # the model runs in float32
     z = torch.randn(x0.shape, generator=gen)
     n = gcflow.ict_num_scales(step, args.steps)  # curriculum: grid intervals N(k)
     sigma_i, sigma_next, weight = gcflow.sample_noise_levels(n, x0.shape[0], generator=gen)

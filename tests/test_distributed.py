@@ -102,7 +102,8 @@ def test_documented_torchrun_command(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("gcflow: finished 8 steps") == 1, done.stdout  # rank 0 alone reports
     assert ckpt.load_latest_checkpoint(tmp_path / "run" / "checkpoints").meta["step"] == 8
-    bad = subprocess.run([*cmd[:-len(TINY)], *TINY, "train.batch_size=33", "--overwrite"], capture_output=True, text=True, env=env, timeout=240)
+    odd = [o if not o.startswith("train.batch_size=") else "train.batch_size=33" for o in TINY]  # (a key twice is an error)
+    bad = subprocess.run([*cmd[:-len(TINY)], *odd, "--overwrite"], capture_output=True, text=True, env=env, timeout=240)
     assert bad.returncode != 0
     errors = [line for line in bad.stderr.splitlines() if line.startswith("gcflow: error:")]
     assert errors == ["gcflow: error: train.batch_size=33 is not divisible by the 2 processes; use a multiple of 2 such as train.batch_size=32"], bad.stderr[-2000:]

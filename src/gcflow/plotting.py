@@ -85,9 +85,14 @@ def metric_label(key: str) -> str:
 
 
 def _points(records: Sequence[dict], key: str) -> list[tuple[float, float]]:
-    """(step, value) of every record holding a finite number under `key`."""
+    """(step, value) of every record holding a finite number under `key`.
+
+    A key that both record kinds hold (loss, n_scales) is drawn from the "train" records, every
+    train.log_every steps, when the run has them; the evaluation records' value is then a coarser copy.
+    """
+    train = [r for r in records if r.get("kind") == "train" and key in r]
     pts = []
-    for r in records:
+    for r in train or records:
         v = r.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and "step" in r:
             pts.append((r["step"], v))

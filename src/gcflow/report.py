@@ -17,7 +17,7 @@ from gcflow.files import atomic_write_bytes
 from gcflow.plotting import metric_label, save_overlaid_curves
 
 # Record fields that are bookkeeping, not curves; noise floors are drawn with their metric instead.
-NOT_CURVES = {"step", "images", "kind", "seconds"}
+NOT_CURVES = {"step", "images", "kind", "seconds", "partial", "window_steps", "loss_sum", "grad_norm_sum", "gc_rows"}
 FLOORS = {"w2": "w2_noise_floor", "sliced_w2": "sliced_w2_noise_floor"}
 # Curves first in this order (the training record, then evaluations); other numeric keys after, sorted.
 CURVE_ORDER = ["loss", "grad_norm", "lr", "n_scales", "mu", "gc_fraction", "images_per_s", "step_time_ms",
@@ -85,11 +85,13 @@ def curve_keys(runs: Sequence[RunRecords]) -> list[str]:
 
 
 def final_metrics(run: RunRecords) -> dict[str, Any]:
-    """The run's final numbers: summary.json's scalars, or the newest value of each metric while it runs."""
+    """The run's final numbers: summary.json's scalars, or while it runs the newest value of each metric
+    of its evaluations (the training records' every-log_every values when it has not evaluated yet)."""
     if run.summary is not None:
-        return {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str)) and k != "run_dir"}
+        return {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str)) and k not in ("run_dir", "kind")}
+    evals = [r for r in run.records if r.get("kind") != "train"]
     last: dict[str, Any] = {}
-    for rec in run.records:
+    for rec in evals or run.records:
         last.update({k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "kind"})
     return last
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from gcflow.files import open_nofollow
 
 TB_EXTRA_HINT = "pip install 'gcflow[tb]' (or pip install tensorboard)"
 
@@ -37,7 +40,7 @@ class SinkError(RuntimeError):
 class MetricSink(Protocol):
     """Receives a run's scalars, image grids and texts; see the module docstring."""
 
-    def scalars(self, step: int, values: Mapping[str, float | int | None]) -> None: ...
+    def scalars(self, step: int, values: Mapping[str, float | int | str | None]) -> None: ...
 
     def image(self, step: int, name: str, grid: np.ndarray) -> None: ...
 
@@ -46,9 +49,10 @@ class MetricSink(Protocol):
     def close(self) -> None: ...
 
 
-def _json_number(v: float | None) -> float | int | None:
-    """JSON has no NaN or infinity: those become null (a diverged value is still recorded as missing)."""
-    if v is None or isinstance(v, (bool, int)):
+def _json_number(v: float | str | None) -> float | int | str | None:
+    """JSON has no NaN or infinity: those become null (a diverged value is still recorded as missing).
+    Strings (the record's "kind") pass through."""
+    if v is None or isinstance(v, (bool, int, str)):
         return v
     v = float(v)
     return v if math.isfinite(v) else None
@@ -57,19 +61,21 @@ def _json_number(v: float | None) -> float | int | None:
 class JsonlSink:
     """One JSON object per `scalars` call, `{"step": step, **values}`, appended to `path`.
 
-    Each line is flushed when written, so a reader (`gcflow report`, `tail -f`) sees it at once and
-    a crash loses at most the line being written.
+    Each line is written with one `write` call on an O_APPEND descriptor, so a reader (`gcflow
+    report`, `tail -f`) sees it at once and a crash loses at most the line being written. The file is
+    never opened through a symbolic link (SymlinkError), like every run file.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (held for the run; close() closes it)
+        self._fd: int | None = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
-    def scalars(self, step: int, values: Mapping[str, float | int | None]) -> None:
+    def scalars(self, step: int, values: Mapping[str, float | int | str | None]) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
         record = {"step": int(step), **{k: _json_number(v) for k, v in values.items()}}
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        os.write(self._fd, (json.dumps(record) + "\n").encode())
 
     def image(self, step: int, name: str, grid: np.ndarray) -> None:
         """Ignored: the run folder's samples.png holds the latest grid."""
@@ -78,7 +84,9 @@ class JsonlSink:
         """Ignored: the run folder's config.json holds the config."""
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def tensorboard_available() -> bool:
@@ -89,8 +97,9 @@ def tensorboard_available() -> bool:
 class TensorBoardSink:
     """TensorBoard event files in `log_dir` via torch.utils.tensorboard.SummaryWriter.
 
-    Scalars go under their own names (`loss`, `grad_norm`, `w2`, ...), image grids under `name`,
-    texts as markdown code blocks. With `purge_step` (a resumed run's first step), events that an
+    Scalars go under their own names (`loss`, `grad_norm`, `w2`, ...), or `<kind>/<name>` when the
+    record has a "kind" (`train/loss` every log_every steps, `eval/w2` at evaluations), so the two
+    losses do not share a curve; image grids under `name`, texts as markdown code blocks. With `purge_step` (a resumed run's first step), events that an
     interrupted run wrote at or after that step are hidden, so the resumed curves do not fold back.
     """
 
@@ -102,10 +111,12 @@ class TensorBoardSink:
         self.log_dir = Path(log_dir)
         self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
-    def scalars(self, step: int, values: Mapping[str, float | int | None]) -> None:
+    def scalars(self, step: int, values: Mapping[str, float | int | str | None]) -> None:
+        kind = values.get("kind")
+        prefix = f"{kind}/" if isinstance(kind, str) else ""
         for key, value in values.items():
-            if value is not None and not isinstance(value, bool):
-                self._writer.add_scalar(key, float(value), int(step))
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(prefix + key, float(value), int(step))
         self._writer.flush()
 
     def image(self, step: int, name: str, grid: np.ndarray) -> None:
@@ -129,7 +140,7 @@ class Sinks:
     def __init__(self, sinks: Iterable[MetricSink]) -> None:
         self.sinks = list(sinks)
 
-    def scalars(self, step: int, values: Mapping[str, float | int | None]) -> None:
+    def scalars(self, step: int, values: Mapping[str, float | int | str | None]) -> None:
         for s in self.sinks:
             s.scalars(step, values)
 

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from gcflow.commands.errors import one_line_usage_errors, run_guarded, user_errors
-from gcflow.training.config import apply_overrides, describe_options, validate
+from gcflow.training.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    check_overrides_agree,
+    describe_options,
+    load_config,
+    validate,
+)
 from gcflow.training.presets import DEFAULT_PRESET, load_preset
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="group.field=value", help="override any config field (listed below)")
-    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"starting preset (default {DEFAULT_PRESET}; see 'gcflow presets')")
+    p.add_argument("--preset", default=None, help=f"starting preset (default {DEFAULT_PRESET}; see 'gcflow presets')")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<preset>-<time>)")
     p.add_argument("--steps", type=int, default=None, help="shorthand for train.steps=N")
     p.add_argument("--mu", type=float, default=None, help="shorthand for method.gc_mu=MU, the probability of a GC pair")
@@ -24,10 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = "options (group.field  type  default  meaning):\n" + describe_options()
+    _add_steering_arguments(p)
     one_line_usage_errors(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "help", False):
+        return run_guarded(lambda: print_help(args))
     if _is_main_process():
         return run_guarded(lambda: _run(args, print))
     # The other processes of a torchrun job stay silent: rank 0 reports for the run, errors included.
@@ -50,11 +62,7 @@ def _is_main_process() -> bool:
 def _run(args: argparse.Namespace, say: Callable[..., None]) -> int:
     from gcflow.training.trainer import Interrupted, train
 
-    overrides = list(args.overrides)
-    for flag, key in (("steps", "train.steps"), ("mu", "method.gc_mu"), ("seed", "train.seed"), ("device", "train.device")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    cfg = apply_overrides(load_preset(args.preset), overrides)
+    cfg, overrides = resolve_config(args)
     validate(cfg)
     if args.resume is not None:
         run_dir, resume = args.resume, True
@@ -76,3 +84,94 @@ def _run(args: argparse.Namespace, say: Callable[..., None]) -> int:
         if key in s:
             say(f"gcflow: final {key} = {s[key]:.4f}")
     return 0
+
+
+# -- Steering: --config, conflicting spellings, --help with the resolved values ----------------------
+
+SHORTHANDS = (("steps", "train.steps"), ("mu", "method.gc_mu"), ("seed", "train.seed"), ("device", "train.device"))
+
+
+def _add_steering_arguments(p: argparse.ArgumentParser) -> None:
+    """--config, and a --help that shows the values of the chosen preset or config (not the library's)."""
+    p.add_argument("--config", type=Path, default=None, metavar="RUN/config.json",
+                   help="start from an earlier run's config.json instead of a preset (overrides still apply)")
+    # -h/--help only sets a flag: the page is printed by run(), once --preset/--config are known
+    # wherever they appear on the line.
+    p.conflict_handler = p._optionals.conflict_handler = "resolve"  # replaces argparse's own -h/--help
+    p.add_argument("-h", "--help", action="store_true", help="show this help, with the values of --preset/--config")
+    p.set_defaults(_parser=p)
+
+
+def shorthand_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(spelling, "group.field=value") of every override on the line: positional ones, then --steps/--mu/...
+
+    Raises ConfigError (one line) when a setting is given twice with different values, e.g.
+    `--mu 0.3 method.gc_mu=0.7`.
+    """
+    items = [(o, o) for o in args.overrides]
+    for flag, key in SHORTHANDS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            items.append((f"--{flag} {value}", f"{key}={value}"))
+    check_overrides_agree(items)
+    return items
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
+    """The config to train and the overrides that made it: --preset (default the default job) or
+    --config RUN/config.json, then the overrides. Sets args.preset to the name run folders start
+    with (the preset, or the earlier run's folder name without its time stamp)."""
+    if args.config is not None and args.preset is not None:
+        raise ConfigError(
+            "--config and --preset cannot be combined: the config file holds every setting; drop --preset"
+        )
+    overrides = [item for _, item in shorthand_overrides(args)]
+    if args.config is not None:
+        base = _read_config_file(args.config)
+        args.preset = _rerun_label(args.config)
+    else:
+        args.preset = args.preset or DEFAULT_PRESET
+        base = load_preset(args.preset)
+    return apply_overrides(base, overrides), overrides
+
+
+def _read_config_file(path: Path) -> Config:
+    """A config.json (a run folder names its own); one-line ConfigError when missing or unreadable."""
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        return load_config(path)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file; name an earlier run's config.json") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} is not a readable gcflow config ({type(exc).__name__})") from None
+
+
+_TIME_STAMP = re.compile(r"-\d{8}-\d{6}(-[0-9a-f]{4})?$")
+
+
+def _rerun_label(path: Path) -> str:
+    """runs/toy-gc-mu0.3-20250101-120000-ab12/config.json -> toy-gc-mu0.3 (the name of a rerun's folder)."""
+    folder = path if path.is_dir() else path.parent
+    name = _TIME_STAMP.sub("", folder.resolve().name)
+    return name or "config"
+
+
+def print_help(args: argparse.Namespace) -> int:
+    """`gcflow train [--preset P | --config FILE] [overrides] --help`: the options with the values they train with."""
+    parser: argparse.ArgumentParser = args._parser
+    cfg, _ = resolve_config(args)
+    source = f"--config {args.config}" if args.config is not None else f"preset {args.preset}"
+    values = _values(cfg)
+    for action in parser._actions:
+        key = dict(SHORTHANDS).get(action.dest)
+        if key is not None and "(now " not in (action.help or ""):
+            action.help = f"{action.help} (now {values[key]})"
+    parser.epilog = f"options (group.field  type  value  meaning), values of {source}:\n" + describe_options(cfg)
+    parser.print_help()
+    return 0
+
+
+def _values(cfg: Config) -> dict[str, Any]:
+    from gcflow.training.config import iter_fields
+
+    return {key: value for key, _, value in iter_fields(cfg)}

@@ -70,9 +70,10 @@ def train_toy(run_dir: Path, preset: str, overrides: list[str], *, keep_all: boo
 
 
 def run_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The trainer's metrics.jsonl records (one per evaluation)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The trainer's evaluation records of metrics.jsonl (one per evaluation; training records left out)."""
+    from gcflow.training.run_state import read_metrics
+
+    return read_metrics(Path(run_dir), "eval")
 
 
 def checkpoint_models(run_dir: Path) -> list[tuple[int, nn.Module]]:

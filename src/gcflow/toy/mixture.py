@@ -79,11 +79,18 @@ class GaussianMixture:
         second = self.weights @ (self.stds**2 + (self.means - mu) ** 2).sum(dim=1)
         return float(torch.sqrt(second / self.dim))
 
-    def sample(self, n: int, generator: torch.Generator | None = None, return_labels: bool = False):
-        """Draw n points, shape (n, d) float64 (and component labels (n,) if asked)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, return_labels: bool = False,
+               dtype: torch.dtype = torch.float64):
+        """Draw n points, shape (n, d) in `dtype` (and component labels (n,) if asked).
+
+        Training data for a network: dtype=torch.float32 (what the bundled trainer's toy source
+        feeds). The default float64 matches the mixture's exact methods (denoise, velocity, score),
+        which the theory and experiments combine with these samples. The draw is always made in
+        float64 and cast at the end, so both dtypes give the same points, to float32 rounding.
+        """
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
-        x = self.means[labels] + self.stds[labels] * eps
+        x = (self.means[labels] + self.stds[labels] * eps).to(dtype)
         return (x, labels) if return_labels else x
 
     def responsibilities(self, x: Tensor, sigma: Tensor) -> Tensor:

@@ -100,13 +100,14 @@ class TrainConfig:
     eval_samples: int = _f(1000, "samples per evaluation")
     checkpoint_every: int = _f(1000, "write a checkpoint every this many steps (0 = only at the end)")
     keep_checkpoints: int = _f(3, "how many recent checkpoints to keep")
-    log_every: int = _f(50, "refresh the progress bar every this many steps")
+    log_every: int = _f(50, "log a training record (loss, grad norm, lr, ...) to metrics.jsonl every this many steps")
     sample_steps: int = _f(1, "sampler steps for evaluation and samples.png")
     nonfinite: str = _f("stop", "on a non-finite loss or gradient: stop, or skip the step")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
     precision: str = _f("auto", "network passes in fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU")
     channels_last: bool = _f(True, "image networks use the channels-last memory layout (faster convolutions)")
     compile: bool = _f(False, "compile the training passes with torch.compile (slow first steps, faster after)")
+    tensorboard: str = _f("auto", "TensorBoard events in RUN/tb: auto (when tensorboard is installed), on or off")
 
 
 @dataclass
@@ -131,6 +132,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("lion", "adam", "radam"),
     "train.nonfinite": ("stop", "skip"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.tensorboard": ("auto", "on", "off"),
 }
 
 
@@ -199,6 +201,32 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         group, name = key.split(".")
         setattr(getattr(cfg, group), name, parse_value(key, known[key].type, text))
     return cfg
+
+
+def check_overrides_agree(items: list[tuple[str, str]]) -> None:
+    """Refuse a setting given twice with different values (ConfigError, one line).
+
+    Args:
+        items: (how the user spelled it, "group.field=value") pairs, e.g. ("--mu 0.3", "method.gc_mu=0.3")
+            and ("method.gc_mu=0.7", "method.gc_mu=0.7"). Values are compared after parsing, so
+            `0.3` and `.30` agree; unknown keys and bad values are left to `apply_overrides`.
+    """
+    known = {key: f for key, f, _ in iter_fields()}
+    seen: dict[str, tuple[str, Any]] = {}
+    for spelling, item in items:
+        key, _, text = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if key not in known or not _:
+            continue
+        try:
+            value = parse_value(key, known[key].type, text)
+        except ConfigError:
+            continue
+        if key in seen and seen[key][1] != value:
+            raise ConfigError(
+                f"{key} is given twice with different values ({seen[key][0]} and {spelling}); keep one of them"
+            )
+        seen.setdefault(key, (spelling, value))
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
@@ -293,6 +321,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"network.dropout={list(cfg.network.dropout)} must be in [0, 1)")
     if cfg.network.width < 1 or cfg.network.depth < 1 or cfg.network.channels < 1:
         raise ConfigError("network.width, network.depth and network.channels must be >= 1")
+    if t.tensorboard == "on":
+        from gcflow.sinks import TB_EXTRA_HINT, tensorboard_available
+
+        if not tensorboard_available():
+            raise ConfigError(
+                f"train.tensorboard=on needs the tensorboard package: {TB_EXTRA_HINT}; or train.tensorboard=off"
+            )
 
 
 def check_teacher_options(cfg: Config) -> None:
@@ -306,10 +341,10 @@ def check_teacher_options(cfg: Config) -> None:
         raise ConfigError("need method.ect_q > 1, method.ect_k, ect_b >= 0, method.ect_stages, edm_sampler_steps >= 1")
 
 
-def describe_options() -> str:
-    """One line per option: key, type, default and help (for --help)."""
+def describe_options(cfg: Config | None = None) -> str:
+    """One line per option: key, type, value and help (for --help); values are `cfg`'s (default: the library's)."""
     lines = []
-    for key, f, value in iter_fields():
+    for key, f, value in iter_fields(cfg):
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
         lines.append(f"  {key:<26} {_type_name(f.type):<14} {str(shown):<14} {f.metadata['help']}")
     return "\n".join(lines)

@@ -138,7 +138,7 @@ class ImageEvaluator:
     def write_pictures(self, run_dir: Path, samples: Tensor, records: list[dict]) -> None:
         side = samples.shape[-1]
         save_image_grid(run_dir / "samples.png", samples[:100], nrow=10, scale=max(1, 64 // side))
-        save_curves(run_dir / "metrics.png", records, ["loss", "classifier_fd", "pixel_sliced_w2"],
+        save_curves(run_dir / "metrics.png", records, [*TRAIN_CURVES, "classifier_fd", "pixel_sliced_w2"],
                     {"classifier_fd": "classifier_fd_noise_floor", "pixel_sliced_w2": "pixel_sliced_w2_noise_floor"})
 
 
@@ -157,16 +157,26 @@ def build_evaluator(cfg: Config, source: Any, device: torch.device,
     """The evaluator of the configured data (toys: exact W2 against a fixed reference sample and its noise floor)."""
     if is_toy(cfg.data.name):
         mix = source.mixture
-        return ToyEvaluator(lambda n, g: mix.sample(n, g), cfg.train.eval_samples, mix.dim, cfg.train.seed, device)
+        # float64 draws: the noise floor is computed from them exactly as before toy samples became float32
+        return ToyEvaluator(lambda n, g: mix.sample(n, g, dtype=torch.float64), cfg.train.eval_samples, mix.dim,
+                            cfg.train.seed, device)
     return ImageEvaluator(cfg, source, device, log)
 
 
+# The training curves of metrics.png (panels without data, e.g. gc_fraction of an IC run, are left out).
+TRAIN_CURVES = ("loss", "grad_norm", "lr", "n_scales", "gc_fraction", "images_per_s")
+
+
 def write_pictures(run_dir: Path, cfg: Config, samples: Tensor, evaluator: Any, records: list[dict]) -> None:
-    """samples.png and metrics.png of the run folder (2-D samples: a scatter over the reference sample)."""
+    """samples.png and metrics.png of the run folder (2-D samples: a scatter over the reference sample).
+
+    records: metrics.jsonl's records of both kinds; metrics.png draws the training curves from the
+    "train" records and the sample-quality metrics (with their noise floors) from the evaluations.
+    """
     if samples.ndim == 2 and samples.shape[1] == 2:
         save_scatter(run_dir / "samples.png", samples[:2000], getattr(evaluator, "reference", None),
                      title=f"{cfg.data.name}, step {records[-1]['step']}")
-        save_curves(run_dir / "metrics.png", records, ["loss", "w2", "sliced_w2"],
+        save_curves(run_dir / "metrics.png", records, [*TRAIN_CURVES, "w2", "sliced_w2"],
                     {"w2": "w2_noise_floor", "sliced_w2": "sliced_w2_noise_floor"})
     else:
         evaluator.write_pictures(run_dir, samples, records)

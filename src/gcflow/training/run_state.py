@@ -217,19 +217,27 @@ def start_run_files(run_dir: Path, cfg: Config) -> None:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    """Add one evaluation's record to metrics.jsonl (never through a symbolic link)."""
+    """Add one record to metrics.jsonl (never through a symbolic link)."""
     run_dir_files.append_metrics(run_dir / "metrics.jsonl", record)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, oldest first."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def record_kind(record: dict[str, Any]) -> str:
+    """"train" (the every-log_every training record) or "eval" (an evaluation; also records without a kind,
+    written before training records existed)."""
+    return "train" if record.get("kind") == "train" else "eval"
+
+
+def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl, oldest first: all of them, or only those of `kind` ("train" or "eval")."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return records if kind is None else [r for r in records if record_kind(r) == kind]
 
 
 def write_summary(run_dir: Path, cfg: Config, last: dict[str, Any], t_start: float) -> dict[str, Any]:
-    """(Rank 0) summary.json: the newest metrics record, the run folder, the config and the wall time."""
-    records = read_metrics(run_dir)
+    """(Rank 0) summary.json: the newest evaluation record, the run folder, the config and the wall time."""
+    records = read_metrics(run_dir, "eval")
     summary = dict(records[-1]) if records else dict(last)
+    summary.pop("kind", None)
     summary.update(
         {"run_dir": str(run_dir), "config": to_dict(cfg), "wall_seconds": round(time.perf_counter() - t_start, 3)}
     )

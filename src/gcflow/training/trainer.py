@@ -33,7 +33,7 @@ from gcflow.training.builders import build_model, build_optimizer, init_from_tea
 from gcflow.training.config import Config, TrainConfig, from_dict, to_dict, validate
 from gcflow.training.data_source import build_source, check_image_data, is_toy
 from gcflow.training.distributed import World, split_global_batch
-from gcflow.training.evaluate import build_evaluator, write_pictures
+from gcflow.training.evaluate import build_evaluator
 from gcflow.training.faults import (
     Interrupted,
     StopSignals,
@@ -43,14 +43,13 @@ from gcflow.training.faults import (
     raise_on_fault,
     record_fault,
 )
+from gcflow.training.monitor import Monitor, eval_record
 from gcflow.training.predictor import build_gc_predictor
 from gcflow.training.run_dir import RunLock, prepare_run_dir
 from gcflow.training.run_state import (
     RunParts,
-    append_metrics,
     load_model_for_inference,
     pick_resume_checkpoint,
-    read_metrics,
     read_run_config,
     resume_from,
     save_run_state,
@@ -173,6 +172,9 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
         loss_fn=consistency_loss,
     )
 
+    # Watch the run (rank 0): training curves and evaluations to metrics.jsonl and TensorBoard (monitor.py).
+    monitor = Monitor(cfg, run_dir, stepper, parts.opt, device, log, start if resume else None, world.is_main)
+
     # Train, stopping cleanly on SIGINT/SIGTERM: finish the step, write a checkpoint, exit.
     loop = _Loop(
         cfg,
@@ -185,12 +187,14 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
         _RunningLoss(device, loss_window),
         new_fault_record(device),
         check_each_step=device.type != "cuda" or cfg.train.nonfinite == "skip",
+        monitor=monitor,
     )
     with StopSignals() as signals, _progress_bar(cfg.train, start, progress) as bar:
         try:
             _run_steps(loop, start, signals, bar)
         finally:
             stepper.close()
+            monitor.close()
 
     # Summarise (rank 0 writes summary.json; every process returns it).
     summary = world.on_main(partial(write_summary, run_dir, cfg, loop.last, loop.t_start))
@@ -287,6 +291,7 @@ class _Loop:
     t_start: float = field(default_factory=time.perf_counter)
     images_done: int = 0
     last: dict[str, Any] = field(default_factory=dict)  # the newest metrics record
+    monitor: Monitor | None = None
 
 
 @dataclass(frozen=True)
@@ -326,15 +331,21 @@ def _run_steps(loop: _Loop, start: int, signals: StopSignals, bar: tqdm) -> None
         if not loop.check_each_step and (due.log or due.eval or due.ckpt or stop):
             raise_on_fault(loop.fault, loop.world)
 
-        # Log, evaluate, checkpoint.
+        # Log (training curves, monitor.py), evaluate, checkpoint.
+        loop.monitor.after_step(step, loss, grad_norm)
+        if due.log or due.eval or due.ckpt:
+            loop.monitor.end_window(done, wait=due.eval or due.ckpt or stop)
+        elif stop:
+            loop.monitor.stopped(done)
         if due.log:
-            rate = loop.images_done / max(time.perf_counter() - loop.t_start, 1e-9)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}", N=loop.stepper.n_scales)
+            _show_progress(loop, bar)
         bar.update(1)
+        t_pause = time.perf_counter()
         if due.eval:
             _evaluate(loop, done)
         if due.ckpt or stop:
             save_run_state(loop.world, loop.run_dir / "checkpoints", done, loop.parts, loop.loss.window(loop.world))
+        loop.monitor.curves.exclude(time.perf_counter() - t_pause)
         if stop:
             raise Interrupted(
                 f"stopped by signal {(signals.received or [0])[0]} at step {done}; "
@@ -366,22 +377,22 @@ def _update_or_skip(loop: _Loop, loss: Tensor, grad_norm: Tensor, done: int, due
     return stop
 
 
+def _show_progress(loop: _Loop, bar: tqdm) -> None:
+    """The progress bar shows the newest training record (a window behind: reading it never waits for the device)."""
+    latest = loop.monitor.curves.latest
+    if latest:
+        bar.set_postfix(loss=f"{latest['loss']:.4f}", img_s=f"{latest['images_per_s']:.0f}", N=latest["n_scales"])
+
+
 def _evaluate(loop: _Loop, done: int) -> None:
-    """Score the EMA model (rank 0), append the record to metrics.jsonl, redraw the pictures, reset the loss window."""
-    cfg, run_dir = loop.cfg, loop.run_dir
+    """Score the EMA model (rank 0) and record it (metrics.jsonl, sinks, pictures, one line); reset the loss window."""
     window_loss = loop.loss.mean(loop.world)
     if loop.world.is_main:
-        metrics, samples = loop.evaluator(loop.parts.ema, cfg)
-        loop.last = {
-            "step": done,
-            "images": done * cfg.train.batch_size,
-            "n_scales": loop.stepper.n_scales,
-            "loss": float(window_loss),
-            **metrics,
-            "seconds": round(time.perf_counter() - loop.t_start, 3),
-        }
-        append_metrics(run_dir, loop.last)
-        write_pictures(run_dir, cfg, samples, loop.evaluator, read_metrics(run_dir))
+        metrics, samples = loop.evaluator(loop.parts.ema, loop.cfg)
+        seconds = time.perf_counter() - loop.t_start
+        record = eval_record(done, loop.cfg, loop.stepper.n_scales, window_loss, metrics, seconds)
+        loop.last = {"step": done, **record}
+        loop.monitor.evaluated(done, record, samples, loop.evaluator)
     loop.loss.reset()
 
 
