@@ -27,6 +27,7 @@ from tqdm import tqdm
 from gcflow.ema import ema_decay_from_half_life, make_ema
 from gcflow.loss import consistency_loss
 from gcflow.randomness import stream_seed
+from gcflow.sigmas import ict_num_scales
 from gcflow.training import distributed
 from gcflow.training.builders import build_model, build_optimizer, set_memory_format
 from gcflow.training.config import Config, TrainConfig, from_dict, to_dict, validate
@@ -290,6 +291,8 @@ def _settle_evaluation(loop: _Loop, start: int) -> None:
     if done:
         loop.loss.reset()
     elif _due(loop.cfg.train, start).eval:
+        m = loop.cfg.method  # the record shows N of the step trained last, as the uninterrupted run's does
+        loop.stepper.n_scales = ict_num_scales(start - 1, loop.cfg.train.steps, m.s0, m.s1)
         _evaluate(loop, start)
 
 
