@@ -335,3 +335,21 @@ def test_a_non_integer_thread_count_makes_a_checkpoint_unverifiable():
     for bad in ("4", 0, -1, 2.5, True):
         with pytest.raises(ValueError, match="threads"):
             ckpt.validate_meta(dict(meta, threads=bad))
+
+
+@pytest.mark.parametrize("error", [FloatingPointError("overflow in the loss"), ValueError("W2 is nan")])
+def test_a_diverged_experiment_is_one_line_and_leaves_no_folder(tmp_path, capsys, monkeypatch, error):
+    import gcflow.experiments as experiments
+
+    description, real = experiments.EXPERIMENTS["theorem1"]
+
+    def diverged(options, out):  # the same options, then a failure
+        raise error
+
+    diverged.__annotations__ = {"options": experiments.options_type(real), "out": Path}
+
+    monkeypatch.setitem(experiments.EXPERIMENTS, "theorem1", (description, diverged))
+    monkeypatch.chdir(tmp_path)
+    line = _one_line(capsys, ["experiment", "theorem1"])
+    assert "experiment theorem1 failed" in line and "no results.json" in line and str(error) in line
+    assert not (tmp_path / "runs").exists()

@@ -302,8 +302,6 @@ def _check_float32_range(cfg: Config) -> None:
             f"method.sigma_min={m.sigma_min:g} and method.sigma_max={m.sigma_max:g} must lie in "
             f"[{_MIN_SIGMA:g}, {_MAX_SIGMA:g}]: training computes sigma^2 in float32, which would overflow"
         )
-    if not _MIN_SIGMA <= m.sigma_data <= _MAX_SIGMA:
-        raise ConfigError(f"method.sigma_data={m.sigma_data:g} must lie in [{_MIN_SIGMA:g}, {_MAX_SIGMA:g}]")
 
 
 def _check_data_name(name: str) -> None:
