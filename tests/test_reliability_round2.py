@@ -21,7 +21,7 @@ from gcflow.sigmas import ict_num_scales
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.config import ConfigError, apply_overrides
 from gcflow.training.presets import load_preset
-from gcflow.training.run_state import extend_run, read_run_config
+from gcflow.training.run_state import read_run_config
 from gcflow.training.trainer import train
 
 TINY = ["train.steps=20", "train.batch_size=16", "train.eval_every=10", "train.eval_samples=50",
@@ -297,8 +297,9 @@ def test_an_extension_killed_before_its_first_checkpoint_resumes_and_loads(tmp_p
     run = tmp_path / "run"
     cfg = _cfg()
     train(cfg, run, **QUIET)
+    from gcflow.training.run_state import extend_run, load_run
+
     extend_run(run, cfg, 30, lambda *_: None)  # what --steps 30 does before training; then a kill
-    from gcflow.training.run_state import load_run
 
     assert load_run(run).config.train.steps == 20  # the checkpoint still loads (sample, export)
     res = train(cfg, run, resume=True, **QUIET)

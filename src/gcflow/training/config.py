@@ -290,17 +290,16 @@ def validate(cfg: Config) -> None:
 # Training runs in float32: the preconditioning squares sigma (c_skip, c_out, c_in need sigma^2 +
 # sigma_data^2) and the loss squares differences of size ~sigma, so sigma^2 times a safety factor for
 # noise draws and batch sums must stay far below float32's largest value (3.4e38).
-_MAX_SIGMA = 1e15
-_MIN_SIGMA = 1e-30  # (far above float32's smallest normal number, 1.2e-38)
+SIGMA_RANGE = (1e-30, 1e15)  # allowed [sigma_min, sigma_max]; 1e-30 is far above float32's smallest normal, 1.2e-38
 
 
 def _check_float32_range(cfg: Config) -> None:
     """Noise levels whose float32 arithmetic would overflow or underflow are refused (e.g. sigma_max=1e39)."""
-    m = cfg.method
-    if m.sigma_max > _MAX_SIGMA or m.sigma_min < _MIN_SIGMA:
+    m, (lo, hi) = cfg.method, SIGMA_RANGE
+    if m.sigma_max > hi or m.sigma_min < lo:
         raise ConfigError(
             f"method.sigma_min={m.sigma_min:g} and method.sigma_max={m.sigma_max:g} must lie in "
-            f"[{_MIN_SIGMA:g}, {_MAX_SIGMA:g}]: training computes sigma^2 in float32, which would overflow"
+            f"[{lo:g}, {hi:g}]: training computes sigma^2 in float32, which would overflow"
         )
 
 
