@@ -280,7 +280,7 @@ def test_resume_with_steps_extends_a_finished_run_and_says_how_the_curriculum_ch
     out = capsys.readouterr().out
     m = load_preset("toy-gc").method
     before, after = ict_num_scales(19, 20, m.s0, m.s1), ict_num_scales(20, 40, m.s0, m.s1)
-    assert f"train.steps 20 -> 40 from step 20" in out and f"N = {after} noise intervals, was {before}" in out
+    assert "train.steps 20 -> 40 from step 20" in out and f"N = {after} noise intervals, was {before}" in out
     assert read_run_config(run).train.steps == 40 and _final(run).meta["step"] == 40
     (event,) = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert (event["event"], event["step"], event["steps_from"], event["steps_to"]) == ("extend", 20, 20, 40)
@@ -340,7 +340,7 @@ def test_a_non_integer_thread_count_makes_a_checkpoint_unverifiable():
 
 @pytest.mark.parametrize("error", [FloatingPointError("overflow in the loss"), ValueError("W2 is nan")])
 def test_a_diverged_experiment_is_one_line_and_leaves_no_folder(tmp_path, capsys, monkeypatch, error):
-    import gcflow.experiments as experiments
+    from gcflow import experiments
 
     description, real = experiments.EXPERIMENTS["theorem1"]
 

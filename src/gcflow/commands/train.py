@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue RUN_DIR from its newest good checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--auto-resume", action="store_true",
-                   help="with --out DIR: start DIR, or resume it if it holds a run of the same config (for requeued jobs)")
+                   help="with --out DIR: start DIR, or resume it if it holds a run of the same config "
+                   "(for requeued jobs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = "options (group.field  type  default  meaning):\n" + describe_options()
     one_line_usage_errors(p)

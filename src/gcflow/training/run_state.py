@@ -95,10 +95,13 @@ def read_run_config(run_dir: Path) -> Config:
     try:
         doc = ckpt.loads_bounded(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
-        why = str(exc) if isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        bounded = isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError)  # size or depth
+        why = str(exc) if bounded else type(exc).__name__
         raise ConfigError(f"cannot read {path}: {why}; the run folder is damaged") from None
     if not isinstance(doc, dict):
-        raise ConfigError(f"{path} holds a JSON {type(doc).__name__}, not an object of config groups; the run folder is damaged")
+        raise ConfigError(
+            f"{path} holds a JSON {type(doc).__name__}, not an object of config groups; the run folder is damaged"
+        )
     for group, values in doc.items():
         if group in GROUPS and not isinstance(values, dict):
             raise ConfigError(
@@ -267,7 +270,8 @@ def warn_thread_count(chk: ckpt.Checkpoint, cfg: Config, device: torch.device, l
     now = torch.get_num_threads()
     if cfg.train.threads == 0 and device.type == "cpu" and isinstance(saved, int) and saved != now:
         log(
-            f"gcflow: warning: checkpoint {chk.path.name} was written with {saved} CPU threads, this process uses {now}; "
+            f"gcflow: warning: checkpoint {chk.path.name} was written with {saved} CPU threads, "
+            f"this process uses {now}; "
             f"the resumed run may differ in the last bits from an uninterrupted one "
             f"(set train.threads={saved} or OMP_NUM_THREADS={saved} to reproduce it exactly)"
         )
@@ -325,7 +329,8 @@ def extend_run(run_dir: Path, cfg: Config, steps: int, log: Callable[..., None])
     old = cfg.train.steps
     if steps == old:
         return cfg
-    done = max((int(m[1]) for m in (ckpt.CKPT_RE.match(p.name) for p in ckpt.list_checkpoints(run_dir / "checkpoints")) if m), default=0)
+    names = (ckpt.CKPT_RE.match(p.name) for p in ckpt.list_checkpoints(run_dir / "checkpoints"))
+    done = max((int(m[1]) for m in names if m), default=0)
     if steps < max(done, 1):
         raise ConfigError(
             f"cannot set train.steps={steps}: {run_dir} has trained {done} steps already; "

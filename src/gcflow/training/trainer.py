@@ -117,7 +117,8 @@ def train(
         # Prepare the run folder (refuses to clobber an existing run) and lock it. Every process
         # trains the config rank 0 settled on (on resume, the run folder's own).
         try:
-            opened = partial(_open_run, cfg, Path(run_dir), hold, resume, overwrite, log, same=same, extend_to=extend_to)
+            opened = partial(_open_run, cfg, Path(run_dir), hold, resume, overwrite, log, same=same,
+                             extend_to=extend_to)
             cfg = from_dict(world.on_main(opened))
             split_global_batch(cfg.train.batch_size, world.size)
             return _train_locked(cfg, Path(run_dir), world, resume=resume, progress=progress, log=log)
