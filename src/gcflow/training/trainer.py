@@ -213,6 +213,7 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
         new_fault_record(device),
         check_each_step=device.type != "cuda" or cfg.train.nonfinite == "skip",
     )
+    # Resumed: redo an evaluation that its (earlier written) checkpoint's run did not finish.
     if resume:
         _settle_evaluation(loop, start)
     with StopSignals() as signals, _progress_bar(cfg.train, start, progress) as bar:
