@@ -14,6 +14,7 @@ operation before forking (fork-safe), and it reaps each child before the next la
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -189,6 +190,86 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_the_run(tmp_path):
     assert _metrics(run) == _metrics(ref.run_dir)
     assert json.loads((run / "summary.json").read_text())["w2"] == ref.summary["w2"]
     assert not (run / ".lock").exists()
+
+
+STARTUP_KILLS = 4  # kills before the run's first checkpoint: during the config.json write, or at once
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _kill_soon(pid: int, run: Path, kind: str, rng: random.Random) -> None:
+    """Wait for the moment `kind` names, then SIGKILL `pid` (no error if it has already exited)."""
+    if kind == "config-write":  # inside the atomic write of config.json: its temporary file exists
+        deadline = time.monotonic() + 30
+        while not _temp_files(run, pid) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.6 * SLOW_WRITE))
+    elif kind == "at-once":
+        time.sleep(rng.uniform(0.0, 0.03))
+    elif kind == "checkpoint-write":
+        deadline = time.monotonic() + 30
+        while not _temp_files(run / "checkpoints", pid) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.6 * SLOW_WRITE))
+    else:
+        time.sleep(rng.uniform(0.05, 0.6))
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_blind_auto_resume_reruns_survive_sigkill_also_during_start_up(tmp_path):
+    """A requeued job reruns one command blindly: `gcflow train --auto-resume --out DIR ...`. Killed at
+    random moments, during start-up (inside the config.json write, or at once) as well as during
+    training, the reruns end with a final checkpoint byte-identical (sha256) to an uninterrupted run's."""
+    run, ref, log = tmp_path / "run", tmp_path / "ref", tmp_path / "children.log"
+    argv = ["train", "--no-progress", "--auto-resume", "--out", str(run), *CRASH_RUN]
+    env = {"GCFLOW_NO_PROGRESS": "1"}
+    rng = random.Random(7)
+    server = ForkServer(tmp_path)
+    try:
+        # The uninterrupted reference: the same command in the same kind of process.
+        server.start(["train", "--no-progress", "--out", str(ref), *CRASH_RUN], log, env)
+        assert server.wait() == 0, log.read_text()[-3000:]
+        kills, startup, mid_config = 0, 0, 0
+        for launch in range(60):  # the same command every time, whatever the folder holds
+            if kills >= KILLS + STARTUP_KILLS:
+                pid = server.start(argv, log, env, SLOW_WRITE)
+                if server.wait() == 0:
+                    break
+                continue
+            started = bool(ckpt.list_checkpoints(run / "checkpoints"))
+            kind = (("config-write", "at-once")[startup % 2] if startup < STARTUP_KILLS and not started
+                    else ("checkpoint-write", "anywhere")[kills % 2])
+            pid = server.start(argv, log, env, SLOW_WRITE)
+            _kill_soon(pid, run, kind, rng)
+            code = server.wait()
+            if code == 0:
+                break
+            assert code == -signal.SIGKILL, log.read_text()[-3000:]
+            kills += 1
+            startup += not ckpt.list_checkpoints(run / "checkpoints")
+            mid_config += bool(_temp_files(run, pid)) and not (run / "config.json").exists()
+            # config.json is never half-written: absent, or a complete gcflow config.
+            if (run / "config.json").exists():
+                assert json.loads((run / "config.json").read_text())["train"]["steps"] == 48
+            _verified_steps(run / "checkpoints")
+        else:
+            raise AssertionError("the reruns never finished")
+    finally:
+        server.close()
+
+    assert startup >= STARTUP_KILLS and mid_config >= 1 and kills >= KILLS, (startup, mid_config, kills)
+    text = log.read_text()
+    assert "Traceback" not in text and "error" not in text, text[-3000:]
+    final, expected = ckpt.list_checkpoints(run / "checkpoints")[-1], ckpt.list_checkpoints(ref / "checkpoints")[-1]
+    assert final.name == expected.name == "ckpt-00000048.safetensors"
+    assert _sha256(final) == _sha256(expected)
+    assert _metrics(run) == _metrics(ref)
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no lock or temporary file left
 
 
 def _wait_for_checkpoint(ckpt_dir: Path, proc: subprocess.Popen, above: int = 0, timeout: float = 120) -> int:

@@ -14,7 +14,7 @@ from gcflow.pairs import PairRecipe, build_pairs, cd_pairs, ct_pairs, get_coupli
 from gcflow.pairs.coupling import ot_assignment
 from gcflow.shapes import per_sample
 from gcflow.sigmas import karras_sigmas, sample_noise_levels
-from gcflow.training.config import Config, ConfigError, GROUPS, apply_overrides, from_dict, iter_fields, to_dict, validate
+from gcflow.training.config import SIGMA_RANGE, Config, ConfigError, GROUPS, apply_overrides, from_dict, iter_fields, to_dict, validate
 from gcflow.training.distributed import split_global_batch
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -132,7 +132,7 @@ def test_wrongly_typed_json_values_are_rejected(data):
 @example(1.0, 1.0, 0.5)
 def test_validation_accepts_exactly_the_valid_noise_ranges_and_mu(sigma_min, sigma_max, mu):
     cfg = apply_overrides(Config(), [f"method.sigma_min={sigma_min!r}", f"method.sigma_max={sigma_max!r}", f"method.gc_mu={mu!r}"])
-    ok = 0 < sigma_min < sigma_max and 0 <= mu <= 1
+    ok = SIGMA_RANGE[0] <= sigma_min < sigma_max <= SIGMA_RANGE[1] and 0 <= mu <= 1
     if ok:
         validate(cfg)
     else:

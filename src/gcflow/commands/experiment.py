@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     from gcflow.experiments import EXPERIMENTS, get_experiment, options_type
     from gcflow.experiments.options import as_dict, describe, parse_options
     from gcflow.experiments.report import write_report
-    from gcflow.training.run_dir import RunLock, prepare_run_dir
+    from gcflow.training.run_dir import RunLock, first_missing_folder, prepare_run_dir, remove_failed_start
 
     if args.list:
         width = max(map(len, EXPERIMENTS))
@@ -58,14 +58,24 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, TypeError, ValueError) as exc:
         return _fail(" ".join(str(exc).split()))
     out = args.out or Path("runs") / "experiments" / args.name
+    created = first_missing_folder(out)
     out = prepare_run_dir(out, resume=False, overwrite=args.overwrite)  # refuses to replace what is not a run
     command = "gcflow experiment " + " ".join(shlex.quote(a) for a in [args.name, *args.overrides])
     print(f"gcflow: experiment {args.name} -> {out}")
     start = time.perf_counter()
-    with RunLock(out):
-        report = fn(options, out)
-        seconds = time.perf_counter() - start
-        write_report(out, args.name, command, as_dict(options), report, seconds)
+    try:
+        with RunLock(out):
+            report = fn(options, out)
+            seconds = time.perf_counter() - start
+            write_report(out, args.name, command, as_dict(options), report, seconds)
+    except (ValueError, ArithmeticError) as exc:  # e.g. a diverged training: non-finite numbers
+        remove_failed_start(out, created)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return _fail(f"experiment {args.name} failed ({type(exc).__name__}: {first}); no results.json was written "
+                     "(a diverged run? see 'gcflow experiment NAME --options')")
+    except BaseException:
+        remove_failed_start(out, created)  # a folder this command made is not left empty
+        raise
     print(f"gcflow: finished in {seconds:.0f} s; report {out / 'report.md'}")
     for claim in report.claims:
         print(f"  [{claim.verdict}] {claim.claim}")

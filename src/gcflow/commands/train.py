@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,18 +19,24 @@ from gcflow.training.config import (
     validate,
 )
 from gcflow.training.presets import DEFAULT_PRESET, load_preset
+from gcflow.training.run_dir import out_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="group.field=value", help="override any config field (listed below)")
     p.add_argument("--preset", default=None, help=f"starting preset (default {DEFAULT_PRESET}; see 'gcflow presets')")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<preset>-<time>)")
-    p.add_argument("--steps", type=int, default=None, help="shorthand for train.steps=N")
+    p.add_argument("--out", type=out_path, default=None,
+                   help="run folder (default: a new runs/<preset>[-<changed options>]-<time>-<id>)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="shorthand for train.steps=N; with --resume, continue the run to N steps (see README)")
     p.add_argument("--mu", type=float, default=None, help="shorthand for method.gc_mu=MU, the probability of a GC pair")
     p.add_argument("--seed", type=int, default=None, help="shorthand for train.seed=S")
     p.add_argument("--device", default=None, help="shorthand for train.device=DEV")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue RUN_DIR from its newest good checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="with --out DIR: start DIR, or resume it if it holds a run of the same config "
+                   "(for requeued jobs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = "options (group.field  type  default  meaning):\n" + describe_options()
     _add_steering_arguments(p)
@@ -40,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "help", False):
         return run_guarded(lambda: print_help(args))
+    with _sigterm_as_interrupt():  # SIGTERM before (or after) training: 'gcflow: interrupted', exit 130, as Ctrl-C
+        return _run_process(args)
+
+
+def _run_process(args: argparse.Namespace) -> int:
     if _is_main_process():
         return run_guarded(lambda: _run(args, print))
     # The other processes of a torchrun job stay silent: rank 0 reports for the run, errors included.
@@ -60,23 +71,34 @@ def _is_main_process() -> bool:
 
 
 def _run(args: argparse.Namespace, say: Callable[..., None]) -> int:
+    from gcflow.training.run_dir import default_run_dir, first_missing_folder, remove_failed_start
     from gcflow.training.trainer import Interrupted, train
 
+    _check_flags(args)
     cfg, overrides = resolve_config(args)
     validate(cfg)
-    if args.resume is not None:
-        run_dir, resume = args.resume, True
-    else:
-        run_dir = args.out or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        resume = False
+    resume, created = args.resume is not None, None
+    if resume:
+        run_dir = args.resume
+    elif args.out is not None:
+        run_dir, created = args.out, first_missing_folder(args.out)
+    else:  # a new, uniquely named folder (made now); removed again if the run fails to start
+        made_root = first_missing_folder(Path("runs"))
+        run_dir = default_run_dir(Path("runs"), args.preset, overrides)
+        created = made_root or run_dir
     say(f"gcflow: run folder {run_dir}")
     try:
-        result = train(cfg, run_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress, validated=True)
+        result = train(cfg, run_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress,
+                       validated=True, auto_resume=args.auto_resume, extend_to=args.steps if resume else None)
     except Interrupted as exc:
         say(f"gcflow: {exc}")
         return 130
+    except BaseException:
+        if not resume:
+            remove_failed_start(run_dir, created)  # no empty (or checkpoint-less) folder left behind
+        raise
     s = result.summary
-    say(f"gcflow: finished {s['step']} steps in {s['wall_seconds']:.1f} s; run folder {result.run_dir}")
+    say(f"gcflow: finished {s.get('step', 0)} steps in {s['wall_seconds']:.1f} s; run folder {result.run_dir}")
     if "w2" in s:
         say(f"gcflow: final W2 = {s['w2']:.4f} (noise floor {s['w2_noise_floor']:.4f}); "
               f"sliced W2 = {s['sliced_w2']:.4f} (noise floor {s['sliced_w2_noise_floor']:.4f})")
@@ -175,3 +197,37 @@ def _values(cfg: Config) -> dict[str, Any]:
     from gcflow.training.config import iter_fields
 
     return {key: value for key, _, value in iter_fields(cfg)}
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot mean anything, as one-line errors."""
+    from gcflow.training.config import ConfigError
+
+    if args.auto_resume and args.out is None:
+        raise ConfigError("--auto-resume needs --out DIR: a rerun must find the same folder (default names are unique)")
+    if args.auto_resume and (args.resume is not None or args.overwrite):
+        raise ConfigError("--auto-resume decides itself whether to start or resume; drop --resume/--overwrite")
+    if args.resume is not None and (args.out is not None or args.overwrite):
+        raise ConfigError("--resume RUN_DIR continues RUN_DIR in place; drop --out/--overwrite")
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps {args.steps} must be >= 1")
+
+
+class _sigterm_as_interrupt:
+    """Turn SIGTERM into KeyboardInterrupt while the command runs (outside the training loop, which
+    handles both signals itself by checkpointing): the run stops with 'gcflow: interrupted', exit 130."""
+
+    def __enter__(self) -> None:
+        self.previous: Any = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_interrupt(_sig: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

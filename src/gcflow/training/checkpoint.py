@@ -205,7 +205,7 @@ def _read_bounded(path: Path) -> bytes:
 def _data_length(header: bytes) -> int:
     """The tensor-data length a safetensors header announces (0 if the header does not parse)."""
     try:
-        table = _loads_bounded(header.decode("utf-8"))
+        table = loads_bounded(header.decode("utf-8"))
         ends = [int(v["data_offsets"][1]) for k, v in table.items() if k != "__metadata__"]
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError):
         return 0
@@ -227,7 +227,7 @@ def _parse_meta(path: Path, header: Any) -> dict[str, Any]:
     except (KeyError, TypeError):
         raise CheckpointError(f"{path} is not a gcflow checkpoint (its metadata has no gcflow step and config)") from None
     try:
-        meta = _loads_bounded(text)
+        meta = loads_bounded(text)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path} has unreadable metadata ({exc})") from None
     if not isinstance(meta, dict) or "step" not in meta or "config" not in meta:
@@ -235,7 +235,7 @@ def _parse_meta(path: Path, header: Any) -> dict[str, Any]:
     return meta
 
 
-def _loads_bounded(text: str) -> Any:
+def loads_bounded(text: str) -> Any:
     """`json.loads` of at most MAX_META_CHARS characters nested at most MAX_JSON_DEPTH deep.
 
     The depth is measured on the text (strings removed) before parsing, so a 100 000-deep document
@@ -275,8 +275,9 @@ def validate_meta(meta: dict[str, Any]) -> None:
 
     Keys: step (int in [0, 1e12]), format, checksum and meta_checksum (hex SHA-256), config (object),
     data_shape (1 to 4 positive ints), num_classes (int >= 0), loss_window (null or [finite sum,
-    count >= 0]), data (loader state: {} or non-negative epoch/position), optimizer (param_groups
-    and per-parameter scalars, see `optimizer_to_flat`).
+    count >= 0]), data (loader state: {} or non-negative epoch/position), threads (optional: the
+    torch CPU thread count of the writer), optimizer (param_groups and per-parameter scalars, see
+    `optimizer_to_flat`).
     """
     if not _is_int(meta.get("step")):
         raise ValueError(f"step must be an integer in [0, {MAX_STEP}], got {meta.get('step')!r}")
@@ -297,6 +298,8 @@ def validate_meta(meta: dict[str, Any]) -> None:
     data = meta.get("data")
     if not isinstance(data, dict) or not all(k in ("epoch", "position") and _is_int(v) for k, v in data.items()):
         raise ValueError(f"data must be a loader state {{epoch, position}}, got {_short(data)}")
+    if "threads" in meta and not _is_int(meta["threads"], 1, 1 << 16):
+        raise ValueError(f"threads must be a positive integer, got {_short(meta['threads'])}")
     _validate_optimizer_meta(meta.get("optimizer"))
 
 

@@ -292,6 +292,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"noise levels must be positive, got method.sigma_min={m.sigma_min}, method.sigma_max={m.sigma_max}")
     if m.sigma_min >= m.sigma_max:
         raise ConfigError(f"method.sigma_min={m.sigma_min} must be smaller than method.sigma_max={m.sigma_max}")
+    _check_float32_range(cfg)
     if m.sigma_data <= 0 or m.rho <= 0 or m.p_std <= 0:
         raise ConfigError("method.sigma_data, method.rho and method.p_std must be positive")
     if not 0.0 <= m.gc_mu <= 1.0:
@@ -328,6 +329,61 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"train.tensorboard=on needs the tensorboard package: {TB_EXTRA_HINT}; or train.tensorboard=off"
             )
+    _check_data_name(cfg.data.name)
+    _check_device(t.device)
+
+
+# Training runs in float32: the preconditioning squares sigma (c_skip, c_out, c_in need sigma^2 +
+# sigma_data^2) and the loss squares differences of size ~sigma, so sigma^2 times a safety factor for
+# noise draws and batch sums must stay far below float32's largest value (3.4e38).
+SIGMA_RANGE = (1e-30, 1e15)  # allowed [sigma_min, sigma_max]; 1e-30 is far above float32's smallest normal, 1.2e-38
+
+
+def _check_float32_range(cfg: Config) -> None:
+    """Noise levels whose float32 arithmetic would overflow or underflow are refused (e.g. sigma_max=1e39)."""
+    m, (lo, hi) = cfg.method, SIGMA_RANGE
+    if m.sigma_max > hi or m.sigma_min < lo:
+        raise ConfigError(
+            f"method.sigma_min={m.sigma_min:g} and method.sigma_max={m.sigma_max:g} must lie in "
+            f"[{lo:g}, {hi:g}]: training computes sigma^2 in float32, which would overflow"
+        )
+
+
+def _check_data_name(name: str) -> None:
+    """data.name must be a toy distribution or an image dataset gcflow can read."""
+    from gcflow.data.images import IMAGE_DATASETS
+    from gcflow.toy.mixture import TOY_PRESETS
+
+    if name not in TOY_PRESETS and name not in IMAGE_DATASETS:
+        raise ConfigError(
+            f"data.name={name!r} is not a dataset gcflow knows; choose a toy ({', '.join(TOY_PRESETS)}) "
+            f"or an image dataset ({', '.join(IMAGE_DATASETS)})"
+        )
+
+
+# Devices the trainer supports; others (xpu, meta, ...) are refused before any folder is made.
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _check_device(name: str) -> None:
+    """train.device must be auto, cpu, cuda[:N] or mps, and available on this machine."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in _DEVICE_TYPES:
+        raise ConfigError(f"train.device={name!r}: gcflow trains on cpu, cuda or mps only; use train.device=auto")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(f"train.device={name!r} but this machine has no MPS (Apple GPU) device; use train.device=cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
 
 
 def check_teacher_options(cfg: Config) -> None:

@@ -28,7 +28,7 @@ _NOT_A_RUN = (".lock", ".write-test")
 # Everything gcflow writes at the top of a train run or an experiment folder; a folder holding only
 # these (e.g. a run killed before its config.json) is recognisably gcflow's and may be replaced.
 RUN_FILES = frozenset({"config.json", "metrics.jsonl", "summary.json", "samples.png", "metrics.png", "checkpoints",
-                       "samples", "results.json", "report.md", *_NOT_A_RUN})
+                       "samples", "results.json", "report.md", "events.jsonl", *_NOT_A_RUN})
 _GCFLOW_ARTEFACT = re.compile(r"^(eval-\d+step\.json|\.[^/]+\.tmp-\d+|[\w.-]+\.(png|svg|pdf|md))$")
 _MAX_CONFIG_BYTES = 1 << 20
 _DEFAULT_NAME_TRIES = 100
@@ -63,6 +63,7 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
         if not (path / "config.json").is_file():
             raise RunDirError(f"cannot resume: {path} holds no run (no config.json); start a new run there without --resume")
         check_no_symlinks(path)
+        _remove_stale_temp_files(path)  # e.g. a config.json or metrics.jsonl write killed before its rename
         return path
     if has_run and not overwrite:
         raise RunDirError(f"run folder {path} already exists; pass --resume to continue it or --overwrite to replace it")
@@ -80,6 +81,76 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     except OSError as exc:
         raise RunDirError(f"cannot write to run folder {path}: {_why(exc)}; choose another folder with --out") from None
     return path
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    from gcflow.training.checkpoint import remove_stale_temp_files
+
+    remove_stale_temp_files(path)
+
+
+def holds_run(path: Path) -> bool:
+    """For --auto-resume: True if folder `path` holds a run to resume (its config.json exists, even
+    with no checkpoint yet: a kill during start-up); False if a new run should start there.
+
+    Remnants of a start-up killed before config.json (the lock, the write probe, temporary files of
+    dead processes) are removed, so the folder counts as empty. Anything else is left to
+    `prepare_run_dir`, which refuses a folder that holds other files.
+    """
+    path = Path(path)
+    if (path / "config.json").exists() or (path / "config.json").is_symlink():
+        return True
+    if path.is_dir() and not path.is_symlink():
+        _remove_stale_temp_files(path)
+    return False
+
+
+def first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder of `path` (or `path` itself) that does not exist yet; None if `path` exists.
+
+    What a command creates on the way to a new run folder, so that a failed start can remove it again.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return None
+    missing = path
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            break
+        missing = parent
+    return missing
+
+
+def remove_failed_start(path: Path, created: Path | None) -> None:
+    """After a new run failed to start: delete run folder `path` and the folders above it up to
+    `created` (from `first_missing_folder`, taken before the command made them), if this command
+    created them and they hold nothing but files gcflow writes at start-up and no checkpoint.
+
+    A folder that existed before the command, or holds a checkpoint or a user's file, is kept.
+    """
+    from gcflow.training.checkpoint import list_checkpoints
+
+    path = Path(path)
+    if created is None or not path.is_dir() or path.is_symlink() or list_checkpoints(path / "checkpoints"):
+        return
+    start_up = {"config.json", "metrics.jsonl", "events.jsonl", ".write-test", "checkpoints"}
+    entries = list(path.iterdir())
+    if not all(p.name in start_up or _is_artefact(p) for p in entries):
+        return
+    for p in entries:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    folder = path
+    while True:
+        try:
+            folder.rmdir()  # only ever an empty folder
+        except OSError:
+            return
+        if folder == created or folder.parent == folder:
+            return
+        folder = folder.parent
 
 
 def _write_probe(probe: Path) -> None:
@@ -347,3 +418,20 @@ def _read_pid(fd: int) -> int:
         return int(os.pread(fd, 32, 0).decode().strip() or "0")
     except (OSError, ValueError):
         return 0
+
+
+def check_same_config(path: Path, saved: Any, wanted: Any) -> None:
+    """(--auto-resume) Raise a one-line RunDirError if the run in `path` has another config than the command's.
+
+    saved, wanted: `gcflow.training.config.Config` of the run folder and of the command line.
+    """
+    from gcflow.training.config import to_dict
+
+    a, b = to_dict(saved), to_dict(wanted)
+    diffs = [f"{g}.{k}={a[g][k]!r} in the run, {b[g][k]!r} now" for g in a for k in a[g] if a[g][k] != b[g].get(k)]
+    if diffs:
+        more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
+        raise RunDirError(
+            f"--auto-resume: {path} holds a run of another config ({'; '.join(diffs[:2])}{more}); "
+            f"use another --out, or 'gcflow train --resume {path}' to continue it with its own config"
+        )

@@ -21,7 +21,7 @@ from gcflow.files import atomic_write_bytes
 from gcflow.training import checkpoint as ckpt
 from gcflow.training import run_dir as run_dir_files
 from gcflow.training.builders import build_model
-from gcflow.training.config import Config, ConfigError, from_dict, load_config, to_dict
+from gcflow.training.config import GROUPS, Config, ConfigError, from_dict, to_dict
 from gcflow.training.distributed import World, fingerprint
 
 
@@ -79,7 +79,7 @@ def checkpoint_to_load(path: Path) -> ckpt.Checkpoint:
     chk = ckpt.load_latest_checkpoint(path / "checkpoints")
     if chk is None:
         raise ckpt.CheckpointError(f"run folder {path} has no valid checkpoint")
-    if to_dict(config_from_meta(chk)) != to_dict(read_run_config(path)):  # (both with today's defaults filled in)
+    if not same_run_config(config_from_meta(chk), read_run_config(path), path):  # (with today's defaults filled in)
         raise ckpt.CheckpointError(
             f"checkpoint {chk.path} was written by another config than {path / 'config.json'}; refusing to load it"
         )
@@ -87,13 +87,28 @@ def checkpoint_to_load(path: Path) -> ckpt.Checkpoint:
 
 
 def read_run_config(run_dir: Path) -> Config:
-    """A run folder's config.json; unreadable or invalid JSON is a one-line ConfigError."""
+    """A run folder's config.json; unreadable, too deeply nested or malformed JSON is a one-line ConfigError.
+
+    Each group must be a JSON object: `"train": null` is reported as such, not as an unknown group.
+    """
+    path = run_dir / "config.json"
     try:
-        return load_config(run_dir / "config.json")
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        doc = ckpt.loads_bounded(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        bounded = isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError)  # size or depth
+        why = str(exc) if bounded else type(exc).__name__
+        raise ConfigError(f"cannot read {path}: {why}; the run folder is damaged") from None
+    if not isinstance(doc, dict):
         raise ConfigError(
-            f"cannot read {run_dir / 'config.json'}: {type(exc).__name__}; the run folder is damaged"
-        ) from None
+            f"{path} holds a JSON {type(doc).__name__}, not an object of config groups; the run folder is damaged"
+        )
+    for group, values in doc.items():
+        if group in GROUPS and not isinstance(values, dict):
+            raise ConfigError(
+                f"{path}: group {group!r} is {json.dumps(values)[:40]}, not an object of options; "
+                f"fix or remove it (a missing group takes its defaults)"
+            )
+    return from_dict(doc)
 
 
 def config_from_meta(chk: ckpt.Checkpoint) -> Config:
@@ -178,7 +193,7 @@ class RunParts:
 
 def resume_from(chk: ckpt.Checkpoint, parts: RunParts) -> tuple[int, list | None]:
     """Load a checkpoint into `parts`; returns (its step, its loss window or None)."""
-    if to_dict(config_from_meta(chk)) != to_dict(parts.cfg):
+    if not same_run_config(config_from_meta(chk), parts.cfg, chk.path.parent.parent):
         raise ckpt.CheckpointError(f"checkpoint {chk.path} was written by another config; it cannot resume this run")
     load_states(chk, parts.model, parts.ema, parts.opt)
     parts.source.load_state_dict(chk.meta.get("data", {}))
@@ -203,6 +218,7 @@ def _write_checkpoint(ckpt_dir: Path, step: int, parts: RunParts, loss_window: l
         "data_shape": list(parts.source.shape),
         "num_classes": parts.source.num_classes,
         "loss_window": loss_window,
+        "threads": torch.get_num_threads(),  # CPU results depend on it in the last bits (see warn_thread_count)
     }
     ckpt.save_checkpoint(ckpt_dir, step, tensors, meta, keep=parts.cfg.train.keep_checkpoints)
 
@@ -246,3 +262,103 @@ def write_summary(run_dir: Path, cfg: Config, last: dict[str, Any], t_start: flo
 
 
 truncate_metrics = run_dir_files.truncate_metrics  # atomic rewrite (gcflow.training.run_dir)
+
+# -- Resuming: thread counts, config changes, extending a run ---------------------------------------
+
+EVENTS = "events.jsonl"  # run-folder changes that are not training records (e.g. train.steps extended)
+
+
+def warn_thread_count(chk: ckpt.Checkpoint, cfg: Config, device: torch.device, log: Callable[..., None]) -> None:
+    """Warn when a CPU run resumes with another torch thread count than its checkpoint was written with.
+
+    With train.threads=0 torch picks the count from the machine (or OMP_NUM_THREADS), and CPU
+    reductions split differently across threads, so the resumed run is no longer bit-identical.
+    """
+    saved = chk.meta.get("threads")
+    now = torch.get_num_threads()
+    if cfg.train.threads == 0 and device.type == "cpu" and isinstance(saved, int) and saved != now:
+        log(
+            f"gcflow: warning: checkpoint {chk.path.name} was written with {saved} CPU threads, "
+            f"this process uses {now}; "
+            f"the resumed run may differ in the last bits from an uninterrupted one "
+            f"(set train.threads={saved} or OMP_NUM_THREADS={saved} to reproduce it exactly)"
+        )
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of the run's events.jsonl (none if absent; torn lines are skipped)."""
+    path = Path(run_dir) / EVENTS
+    if not path.is_file() or path.is_symlink():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def same_run_config(chk_cfg: Config, run_cfg: Config, run_dir: Path) -> bool:
+    """True if a checkpoint of `chk_cfg` belongs to the run of `run_cfg`: the same config, or one that
+    differs only in train.steps, changed by `--resume RUN --steps N` (recorded in events.jsonl)."""
+    a, b = to_dict(chk_cfg), to_dict(run_cfg)
+    if a == b:
+        return True
+    steps_a, steps_b = a["train"].pop("steps"), b["train"].pop("steps")
+    extended = {(e.get("steps_from"), e.get("steps_to")) for e in read_events(run_dir) if e.get("event") == "extend"}
+    return a == b and _reachable(steps_a, steps_b, extended)
+
+
+def _reachable(start: int, goal: int, edges: set[tuple[Any, Any]]) -> bool:
+    """True if a chain of recorded extensions leads from train.steps=`start` to `goal`."""
+    seen, todo = {start}, [start]
+    while todo:
+        k = todo.pop()
+        for a, b in edges:
+            if a == k and b not in seen:
+                seen.add(b)
+                todo.append(b)
+    return goal in seen
+
+
+def extend_run(run_dir: Path, cfg: Config, steps: int, log: Callable[..., None]) -> Config:
+    """(Rank 0, on resume) Change the run's train.steps to `steps`; returns the new config.
+
+    The iCT curriculum N(k) = min(s0 2^floor(k/K'), s1), K' = floor(K / (log2 floor(s1/s0) + 1)),
+    depends on the total K = train.steps. The steps already trained keep the schedule of the old K;
+    from the newest checkpoint on, training follows the schedule of the new K, so N drops back to
+    N(k; new K) and doubles again until s1. The change is recorded in events.jsonl (first, so a
+    kill before config.json is rewritten leaves a harmless record) and in config.json.
+    Shortening below the newest checkpoint is refused: those steps are trained already.
+    """
+    old = cfg.train.steps
+    if steps == old:
+        return cfg
+    names = (ckpt.CKPT_RE.match(p.name) for p in ckpt.list_checkpoints(run_dir / "checkpoints"))
+    done = max((int(m[1]) for m in names if m), default=0)
+    if steps < max(done, 1):
+        raise ConfigError(
+            f"cannot set train.steps={steps}: {run_dir} has trained {done} steps already; "
+            f"--resume {run_dir} --steps N needs N >= {done}"
+        )
+    from gcflow.sigmas import ict_num_scales
+
+    m = cfg.method
+    before, after = ict_num_scales(max(done - 1, 0), old, m.s0, m.s1), ict_num_scales(done, steps, m.s0, m.s1)
+    new = from_dict(to_dict(cfg))
+    new.train.steps = steps
+    run_dir_files.append_metrics(run_dir / EVENTS, {
+        "event": "extend", "step": done, "steps_from": old, "steps_to": steps,
+        "n_scales_before": before, "n_scales_after": after, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    atomic_write_bytes(run_dir / "config.json", (json.dumps(to_dict(new), indent=2) + "\n").encode())
+    log(
+        f"gcflow: train.steps {old} -> {steps} from step {done}: the curriculum N(k) depends on the total steps, "
+        f"so from step {done} on it follows the {steps}-step schedule (N = {after} noise intervals, "
+        f"was {before}) and doubles again up to s1={m.s1}; the first {done} steps keep the {old}-step schedule, "
+        f"so the result differs from a fresh {steps}-step run (recorded in {EVENTS} and config.json)"
+    )
+    return new

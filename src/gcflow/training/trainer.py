@@ -27,6 +27,7 @@ from tqdm import tqdm
 from gcflow.ema import ema_decay_from_half_life, make_ema
 from gcflow.loss import consistency_loss
 from gcflow.randomness import stream_seed
+from gcflow.sigmas import ict_num_scales
 from gcflow.training import distributed
 from gcflow.teacher.source import cd_velocity
 from gcflow.training.builders import build_model, build_optimizer, init_from_teacher, set_memory_format
@@ -45,16 +46,20 @@ from gcflow.training.faults import (
 )
 from gcflow.training.monitor import Monitor, eval_record
 from gcflow.training.predictor import build_gc_predictor
-from gcflow.training.run_dir import RunLock, prepare_run_dir
+from gcflow.training.preflight import check_new_run
+from gcflow.training.run_dir import RunLock, check_same_config, holds_run, prepare_run_dir
 from gcflow.training.run_state import (
     RunParts,
+    extend_run,
     load_model_for_inference,
     pick_resume_checkpoint,
+    read_metrics,
     read_run_config,
     resume_from,
     save_run_state,
     start_run_files,
     truncate_metrics,
+    warn_thread_count,
     write_summary,
 )
 from gcflow.training.step import TrainStep
@@ -82,6 +87,8 @@ def train(
     progress: bool = True,
     log: Any = print,
     validated: bool = False,
+    auto_resume: bool = False,
+    extend_to: int | None = None,
 ) -> RunResult:
     """Train a consistency model as configured and write the run folder; returns the final summary.
 
@@ -89,20 +96,31 @@ def train(
     good checkpoint, ending bit-identical (on CPU) to an uninterrupted run. `validated` says that
     the caller already ran `config.validate(cfg)` (the command line does, before it announces the
     run folder), so the config is checked once per command.
+
+    `auto_resume` starts the run if `run_dir` holds none (or only what a kill during start-up left
+    before config.json), resumes it if it holds a run of the same config, and refuses (RunDirError)
+    a run of another config: one command that a requeued job can rerun blindly. `extend_to`
+    (with `resume`) changes the run's train.steps first; see `run_state.extend_run` for how the
+    curriculum is affected.
     """
     # Started by torchrun? Then this is one of several data-parallel processes (docs/scaling.md);
     # only rank 0 talks to the user and owns the run folder.
     world = distributed.world_from_env()
     if not world.is_main:
         progress, log = False, _quiet
+    if auto_resume:
+        resume = holds_run(Path(run_dir))
     # Bad options fail first, so that they never cost an existing run its files (e.g. with --overwrite).
     if not resume:
-        _check_new_run(cfg, world, overwrite=overwrite, validated=validated)
+        _check_new_run(cfg, Path(run_dir), world, overwrite=overwrite, validated=validated)
+    same = auto_resume  # a blind rerun must not continue a run of another config
     with distributed.process_group(world), contextlib.ExitStack() as hold:
         # Prepare the run folder (refuses to clobber an existing run) and lock it. Every process
         # trains the config rank 0 settled on (on resume, the run folder's own).
         try:
-            cfg = from_dict(world.on_main(partial(_open_run, cfg, Path(run_dir), hold, resume, overwrite, log)))
+            opened = partial(_open_run, cfg, Path(run_dir), hold, resume, overwrite, log, same=same,
+                             extend_to=extend_to)
+            cfg = from_dict(world.on_main(opened))
             split_global_batch(cfg.train.batch_size, world.size)
             return _train_locked(cfg, Path(run_dir), world, resume=resume, progress=progress, log=log)
         except distributed.DistributedError as exc:  # another process failed, or the processes diverged
@@ -113,26 +131,37 @@ def _quiet(*_: Any) -> None:
     """The log of processes other than rank 0."""
 
 
-def _check_new_run(cfg: Config, world: World, *, overwrite: bool, validated: bool) -> None:
+def _check_new_run(cfg: Config, run_dir: Path, world: World, *, overwrite: bool, validated: bool) -> None:
     """Everything about a new run's options that can fail before a file is touched."""
     if not validated:
         validate(cfg)
     distributed.device_for(world, cfg.train.device)
     split_global_batch(cfg.train.batch_size, world.size)
+    check_new_run(cfg, run_dir, overwrite=overwrite)  # network, pair kind, frozen predictor (preflight.py)
     if overwrite and not is_toy(cfg.data.name) and world.is_main:
         check_image_data(cfg)  # a broken dataset must not cost the run being replaced
 
 
 def _open_run(
-    cfg: Config, run_dir: Path, hold: contextlib.ExitStack, resume: bool, overwrite: bool, log: Callable[..., None]
+    cfg: Config, run_dir: Path, hold: contextlib.ExitStack, resume: bool, overwrite: bool, log: Callable[..., None],
+    *, same: bool = False, extend_to: int | None = None,
 ) -> dict[str, Any]:
-    """(Rank 0) Create or reopen the run folder, lock it, and return the config to train (as a dict)."""
+    """(Rank 0) Create or reopen the run folder, lock it, and return the config to train (as a dict).
+
+    same: refuse to resume a run whose config differs from `cfg` (--auto-resume);
+    extend_to: change the resumed run's train.steps (--resume RUN --steps N).
+    """
     folder = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     hold.enter_context(RunLock(folder))
     if not resume:
         return to_dict(cfg)
     saved = read_run_config(folder)
-    if to_dict(saved) != to_dict(cfg):
+    if same:
+        check_same_config(folder, saved, cfg)
+    if extend_to is not None:
+        validate(saved)
+        saved = extend_run(folder, saved, extend_to, log)
+    elif to_dict(saved) != to_dict(cfg) and not same:
         log("gcflow: resuming with the run's own config.json (command-line options are ignored on resume)")
     validate(saved)
     return to_dict(saved)
@@ -152,7 +181,7 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
     velocity = cd_velocity(cfg, source, device) if cfg.method.pairs == "cd" else None  # teacher or exact
 
     # Resume from the newest good checkpoint, or start the run's files.
-    start, loss_window = _resume_or_start(cfg, run_dir, world, parts, resume, log)
+    start, loss_window = _resume_or_start(cfg, run_dir, world, parts, resume, log, device)
 
     # Evaluation set-up, on rank 0 (toys: exact W2 against a fixed reference sample and its noise floor).
     evaluator = build_evaluator(cfg, source, device, log) if world.is_main else None
@@ -189,6 +218,9 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
         check_each_step=device.type != "cuda" or cfg.train.nonfinite == "skip",
         monitor=monitor,
     )
+    # Resumed: redo an evaluation that its (earlier written) checkpoint's run did not finish.
+    if resume:
+        _settle_evaluation(loop, start)
     with StopSignals() as signals, _progress_bar(cfg.train, start, progress) as bar:
         try:
             _run_steps(loop, start, signals, bar)
@@ -228,7 +260,8 @@ def _ema_decay(cfg: Config) -> float:
 
 
 def _resume_or_start(
-    cfg: Config, run_dir: Path, world: World, parts: RunParts, resume: bool, log: Callable[..., None]
+    cfg: Config, run_dir: Path, world: World, parts: RunParts, resume: bool, log: Callable[..., None],
+    device: torch.device,
 ) -> tuple[int, list | None]:
     """(first step, loss window to continue) after loading the newest good checkpoint, or (0, None) for a new run."""
     if not resume:
@@ -240,9 +273,30 @@ def _resume_or_start(
     if chk is not None:
         start, loss_window = resume_from(chk, parts)
         log(f"gcflow: resuming {run_dir} from step {start}")
+        warn_thread_count(chk, cfg, device, log)
     if world.is_main:
         truncate_metrics(run_dir / "metrics.jsonl", start)  # (killed before its first checkpoint: start over)
     return start, loss_window
+
+
+def _settle_evaluation(loop: _Loop, start: int) -> None:
+    """On resume: a checkpoint is written before its step's evaluation (so an evaluation error never
+    loses it) and holds the loss window that evaluation averages. If the evaluation's record is in
+    metrics.jsonl it happened: start a new window. If it is due but missing (a kill or an error
+    came between), do it now: same weights, same window, so the same record."""
+    if start == 0:
+        return
+    done = loop.world.on_main(partial(_has_record, loop.run_dir, start))
+    if done:
+        loop.loss.reset()
+    elif _due(loop.cfg.train, start).eval:
+        m = loop.cfg.method  # the record shows N of the step trained last, as the uninterrupted run's does
+        loop.stepper.n_scales = ict_num_scales(start - 1, loop.cfg.train.steps, m.s0, m.s1)
+        _evaluate(loop, start)
+
+
+def _has_record(run_dir: Path, step: int) -> bool:
+    return any(r.get("step") == step for r in read_metrics(run_dir, "eval") if isinstance(r, dict))
 
 
 # -- The loop --------------------------------------------------------------------------------------
@@ -341,10 +395,10 @@ def _run_steps(loop: _Loop, start: int, signals: StopSignals, bar: tqdm) -> None
             _show_progress(loop, bar)
         bar.update(1)
         t_pause = time.perf_counter()
+        if due.ckpt or stop:  # before the evaluation: an evaluation error never costs the checkpoint
+            save_run_state(loop.world, loop.run_dir / "checkpoints", done, loop.parts, loop.loss.window(loop.world))
         if due.eval:
             _evaluate(loop, done)
-        if due.ckpt or stop:
-            save_run_state(loop.world, loop.run_dir / "checkpoints", done, loop.parts, loop.loss.window(loop.world))
         loop.monitor.curves.exclude(time.perf_counter() - t_pause)
         if stop:
             raise Interrupted(
