@@ -57,7 +57,7 @@ from gcflow.training.run_state import (
     truncate_metrics,
     write_summary,
 )
-from gcflow.training.step import TrainStep
+from gcflow.training.step import TrainStep, mu_schedule
 
 # Re-exported: the names scripts and the commands import from the trainer.
 __all__ = ["Interrupted", "RunResult", "TrainingError", "load_model_for_inference", "train"]
@@ -148,7 +148,7 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
     # Build the model, its EMA and the optimizer (weights depend only on the seed, so every process
     # starts from the same ones). The EMA and the optimizer state inherit the model's memory layout.
     parts = _build_parts(cfg, source, device)
-    predictor = build_gc_predictor(cfg, parts.model, parts.ema, device) if cfg.method.gc_mu > 0 else None
+    predictor = build_gc_predictor(cfg, parts.model, parts.ema, device) if mu_schedule(cfg).ever_gc else None
     velocity = _cd_velocity(source) if cfg.method.pairs == "cd" else None
 
     # Resume from the newest good checkpoint, or start the run's files.
@@ -171,6 +171,7 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
         velocity=velocity,
         loss_fn=consistency_loss,
     )
+    stepper.precision.attach(run_dir, start, write=world.is_main)  # train.precision=auto: log and resume its switches
 
     # Train, stopping cleanly on SIGINT/SIGTERM: finish the step, write a checkpoint, exit.
     loop = _Loop(
