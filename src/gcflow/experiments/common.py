@@ -70,9 +70,10 @@ def train_toy(run_dir: Path, preset: str, overrides: list[str], *, keep_all: boo
 
 
 def run_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The trainer's metrics.jsonl records (one per evaluation)."""
+    """The trainer's metrics.jsonl records (one per evaluation; event records skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "event" not in r]
 
 
 def checkpoint_models(run_dir: Path) -> list[tuple[int, nn.Module]]:

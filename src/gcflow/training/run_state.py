@@ -222,8 +222,9 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, oldest first."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """The evaluation records of metrics.jsonl, oldest first (event records, e.g. precision switches, skipped)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in records if "event" not in r]
 
 
 def write_summary(run_dir: Path, cfg: Config, last: dict[str, Any], t_start: float) -> dict[str, Any]:
