@@ -97,7 +97,7 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "imagenet32": (
         "ImageNet 32x32",
         (
-            "data.name=imagenet32",
+            "data.name=imagenet32-full",  # full ImageNet, Resize(32) + CenterCrop(32), as the released code
             "network.channel_mult=1,1,2",
             "network.num_blocks=3,5,7",
             "network.attn_resolutions=16",
