@@ -39,7 +39,7 @@ def run_one(precision: str, seed: int, steps: int | None, runs_dir: Path) -> dic
         cmd += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{precision} seed {seed} failed:\n{proc.stderr[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())

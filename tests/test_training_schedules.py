@@ -7,7 +7,13 @@ import torch
 
 from gcflow.ema import EmaSchedule, weight_shares
 from gcflow.training import checkpoint as ckpt
-from gcflow.training.config import ConfigError, apply_overrides, from_dict, to_dict, validate
+from gcflow.training.config import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    to_dict,
+    validate,
+)
 from gcflow.training.presets import PRESETS, load_preset
 from gcflow.training.run_state import read_metrics
 from gcflow.training.step import draw_inputs, ema_schedule, mu_schedule

@@ -45,7 +45,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from gcflow.data.common import ROOT_HINT, DatasetError, ImageDataset, check_resolution, check_split, require_root, tensor_from
+from gcflow.data.common import (
+    ROOT_HINT,
+    DatasetError,
+    ImageDataset,
+    check_resolution,
+    check_split,
+    require_root,
+    tensor_from,
+)
 from gcflow.data.npz import load_prepared_npz
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
@@ -91,7 +99,7 @@ class ResizeThenCrop:
             new_long = int(size * long / short)
             img = img.resize((size, new_long) if w <= h else (new_long, size), self.resample)
         w, h = img.size
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        top, left = round((h - size) / 2.0), round((w - size) / 2.0)  # torchvision: int(round(...))
         return img.crop((left, top, left + size, top + size))
 
 

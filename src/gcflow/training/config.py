@@ -309,6 +309,8 @@ def _validate_schedules(cfg: Config) -> None:
         raise ConfigError(f"method.gc_start={m.gc_start} must be >= 0")
     if m.pairs == "cd" and m.gc_mu_end > 0:
         raise ConfigError("method.pairs=cd cannot be combined with method.gc_mu_end>0; GC builds CT pairs")
+    if m.gc_predictor == "frozen" and m.gc_mu_end > 0 and not m.gc_checkpoint:
+        raise ConfigError("method.gc_predictor=frozen needs method.gc_checkpoint=RUN_DIR_OR_FILE")
     if t.precision_check_every < 1:
         raise ConfigError(f"train.precision_check_every={t.precision_check_every} must be >= 1")
 
