@@ -8,6 +8,11 @@
 #   mnist    (~8 min)  MNIST IC vs GC from the mnist-ic / mnist-gc presets at equal steps (3000 each,
 #                      classifier-FD and pixel sliced W2 every 1000 steps), sample grids of both.
 #   compile  (~5 min)  benchmarks/step.py --size cifar10 --compile (gcflow's step under torch.compile).
+#   precision (~4 min) benchmarks/precision.py --device cuda: fp32 (TF32 convolutions, PyTorch's
+#                      default), bf16 and fp16 autocast against float64 on the GPU at N = 10, 80, 320 and
+#                      1280, random and trained weights (the bf16 check at N = 10 alone says nothing about
+#                      the end of the curriculum); then a digits-gc run with train.precision=auto (its
+#                      switches are in metrics.jsonl).
 #
 # Prepare once on the development machine, in the repository root (the device machine reaches no
 # network; POT and lion-pytorch are not in its image, and ../shared does not travel):
@@ -59,7 +64,9 @@ bench)
     key=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['device_key'])" "$OUT/step_gpu.json") \
         && mv "$OUT/step_gpu.json" "$OUT/step_$key.json"
     "$PY" -m pytest -q -p no:cacheprovider -rs "${tests[@]}" 2>&1 | tee "$OUT/tests.log"
-    # A short CUDA training run through the CLI (bf16, channels-last, deferred non-finite check).
+    # The agreement check at every curriculum stage, N = 1280 included (issue 11).
+    "$PY" benchmarks/precision.py --device cuda --out "$OUT/precision_cuda.json" 2>&1 | tee -a "$OUT/bench.log"
+    # A short CUDA training run through the CLI (fp32, channels-last, deferred non-finite check).
     "$PY" -m gcflow train --preset digits-gc --no-progress --overwrite --out /tmp/digits-gc "train.steps=$digits_steps" \
         "train.eval_every=$((digits_steps / 2))" "train.checkpoint_every=$((digits_steps / 2))" 2>&1 | tee -a "$OUT/tests.log"
     ;;
@@ -95,12 +102,21 @@ for a, b in zip(rows["ic"], rows["gc"]):
           f"{a.get('classifier_fd_noise_floor', float('nan')):.3f} / {a.get('pixel_sliced_w2_noise_floor', float('nan')):.4f} |")
 EOF
     ;;
+precision)
+    if [ -n "${SMOKE:-}" ]; then ptiny=(--tiny); else ptiny=(); fi
+    dev=cuda; "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || dev=cpu
+    "$PY" benchmarks/precision.py --device "$dev" "${ptiny[@]}" --out "$OUT/precision_$dev.json" 2>&1 | tee -a "$OUT/precision.log"
+    "$PY" benchmarks/precision.py --markdown "$OUT/precision_$dev.json" 2>&1 | tee -a "$OUT/precision.log"
+    "$PY" -m gcflow train --preset digits-gc --no-progress --overwrite --out /tmp/digits-auto train.precision=auto \
+        "train.steps=$((digits_steps * 10))" 2>&1 | tee -a "$OUT/precision.log"
+    grep '"event"' /tmp/digits-auto/metrics.jsonl | tee -a "$OUT/precision.log"
+    ;;
 compile)
     "$PY" benchmarks/step.py --size "${sizes[0]}" --compile --rounds 3 --out "$OUT/step_gpu_compiled.json" \
         --markdown "$OUT/step_block_compiled.md" 2>&1 | tee -a "$OUT/compile.log"
     ;;
 *)
-    echo "usage: bash benchmarks/gpu_session.sh bench|mnist|compile" >&2
+    echo "usage: bash benchmarks/gpu_session.sh bench|mnist|compile|precision" >&2
     exit 2
     ;;
 esac

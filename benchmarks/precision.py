@@ -3,6 +3,7 @@
     python benchmarks/precision.py                 # the full measurement (~8 min on one core)
     python benchmarks/precision.py --tiny          # a seconds-long smoke run (writes nothing unless --out)
     python benchmarks/precision.py --markdown benchmarks/results/precision.json   # the headline table
+    python benchmarks/precision.py --device cuda --out out/precision_cuda.json      # GPU autocast (gpu_session.sh)
 
 For each model, curriculum stage N ∈ {10, 80, 320, 1280} and σ band (of the pair's lower level σ_i;
 "all" draws levels as training does), one batch of CT pairs is built with the library
@@ -91,11 +92,12 @@ def digits_trained(batch: int, cache: Path, steps: int) -> tuple[ConsistencyMode
 
 
 def run(models: dict[str, Callable[[], tuple[ConsistencyModel, torch.Tensor]]], stages: tuple[int, ...],
-        bands: tuple[str, ...], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """One row per (model, N, band, precision)."""
+        bands: tuple[str, ...], log: Callable[[str], None] = print, device: str = "cpu") -> list[dict[str, Any]]:
+    """One row per (model, N, band, precision); the passes run on `device` (CUDA: real GPU autocast)."""
     rows = []
     for name, make in models.items():
         model, x0 = make()
+        model = model.to(device)
         for n in stages:
             for band in bands:
                 probe = draw_probe(x0, n, torch.Generator().manual_seed(n), SIGMA_BANDS[band])
@@ -119,7 +121,7 @@ def headline(rows: list[dict[str, Any]]) -> str:
                   key=lambda k: (k[0], k[1], ("fp32", "bf16", "fp16").index(k[2])))
     for model, n, precision in keys:
         sel = [r for r in rows if (r["model"], r["n"], r["precision"]) == (model, n, precision)]
-        a = next(r for r in sel if r["band"] == "all")
+        a = next((r for r in sel if r["band"] == "all"), sel[0])
         worst = max(sel, key=lambda r: r["loss_rel_err"])
         low = min(sel, key=lambda r: r["sign_agreement"])
         lines.append(f"| {model} | {n} | {precision} | {a['loss_rel_err']:.2%} | {a['grad_cosine']:.4f} "
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=f"where to write the JSON (default: {OUT}, not with --tiny)")
     ap.add_argument("--markdown", type=Path, default=None, help="print the headline table of a saved JSON and exit")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "gcflow-precision-cache")
+    ap.add_argument("--device", default="cpu", help="cpu (autocast emulates GPU rounding) or cuda (real GPU autocast)")
     args = ap.parse_args(argv)
     if args.markdown is not None:
         print(headline(json.loads(args.markdown.read_text())["rows"]))
@@ -141,14 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if args.tiny:
         models = {"cifar-random": lambda: cifar_random(2)}
-        rows = run(models, (1280,), ("5-80",))
+        rows = run(models, (1280,), ("5-80",), device=args.device)
     else:
         models = {"cifar-random": lambda: cifar_random(16), "toy-trained": lambda: toy_trained(256, args.cache, 1500),
                   "digits-trained": lambda: digits_trained(64, args.cache, 600)}
-        rows = run(models, STAGES, tuple(SIGMA_BANDS))
+        rows = run(models, STAGES, tuple(SIGMA_BANDS), device=args.device)
     out = args.out if args.out is not None else (None if args.tiny else OUT)
     if out is not None:
-        meta = {"torch": torch.__version__, "machine": platform.machine(), "seconds": round(time.time() - t0, 1),
+        where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.machine()
+        meta = {"torch": torch.__version__, "machine": where, "device": args.device, "seconds": round(time.time() - t0, 1),
                 "reference": "fp64", "fp16": "CPU autocast, convolutions emulated (fp16 operands, fp32 accumulation)",
                 "sign": "Lion update sign with zero momentum: sign(grad)"}
         out.parent.mkdir(parents=True, exist_ok=True)

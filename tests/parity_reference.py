@@ -81,12 +81,20 @@ def consistency_fn(net: nn.Module, x: Tensor, sigma: Tensor, cfg: RefConfig) -> 
 
 @dataclass
 class Draws:
-    """One step's random inputs: x0, z (B, *D); idx (B,) interval indices; gc (B,) bool."""
+    """One step's random inputs: x0, z (B, *D); idx (B,) interval indices; gc (B,) bool.
+
+    sigma_i, sigma_next, weight (B,): the levels and λ_i as a trainer computed them, when given (the
+    released code builds its grid and weights in float32; gcflow rounds float64 values to float32);
+    None = σ_idx, σ_idx+1 and 1/(σ_idx+1 − σ_idx) of the float64 grid.
+    """
 
     x0: Tensor
     z: Tensor
     idx: Tensor
     gc: Tensor
+    sigma_i: Tensor | None = None
+    sigma_next: Tensor | None = None
+    weight: Tensor | None = None
 
 
 def draw(data: Tensor, k: int, batch: int, cfg: RefConfig, gen: torch.Generator) -> Draws:
@@ -116,7 +124,9 @@ class ReferenceLoop:
         cfg = self.cfg
         sig = grid(num_scales(k, cfg), cfg)
         s_i, s_n = sig[d.idx], sig[d.idx + 1]
-        lam = 1 / (s_n - s_i)
+        if d.sigma_i is not None and d.sigma_next is not None:
+            s_i, s_n = d.sigma_i.double(), d.sigma_next.double()
+        lam = 1 / (s_n - s_i) if d.weight is None else d.weight.double()
         view = (-1,) + (1,) * (d.x0.ndim - 1)
         x0 = d.x0
         if bool(d.gc.any()):

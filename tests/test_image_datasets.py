@@ -500,25 +500,25 @@ def write_celeba(root: Path, count: int = 5) -> None:
     (root / "list_eval_partition.txt").write_text("".join(f"{i + 1:06d}.jpg {p}\n" for i, p in enumerate(partitions)))
 
 
-def test_celeba64_crop_and_splits(tmp_path):
+def test_celeba64_crop140_crop_and_splits(tmp_path):
     write_celeba(tmp_path)
-    train = load_image_dataset("celeba64", tmp_path)
-    assert train.images.shape == (3, 3, 64, 64) and train.name == "celeba64"
+    train = load_image_dataset("celeba64-crop140", tmp_path)
+    assert train.images.shape == (3, 3, 64, 64) and train.name == "celeba64-crop140"
     img = train.images.int()
     assert (img[:, 2] > 230).all() and (img[:, 0] < 25).all()  # only the crop survives
-    assert len(load_image_dataset("celeba64", tmp_path, "test")) == 1
-    assert load_image_dataset("celeba64", tmp_path, "all", resolution=16).images.shape == (5, 3, 16, 16)
+    assert len(load_image_dataset("celeba64-crop140", tmp_path, "test")) == 1
+    assert load_image_dataset("celeba64-crop140", tmp_path, "all", resolution=16).images.shape == (5, 3, 16, 16)
     (tmp_path / "list_eval_partition.txt").unlink()
     with pytest.raises(DatasetError) as err:
-        load_image_dataset("celeba64", tmp_path, "train")
+        load_image_dataset("celeba64-crop140", tmp_path, "train")
     one_line_error(err, "list_eval_partition.txt", "'all'")
 
 
-def test_celeba64_rejects_unaligned_images(tmp_path):
+def test_celeba64_crop140_rejects_unaligned_images(tmp_path):
     (tmp_path / "img_align_celeba").mkdir()
     striped(64, 64).save(tmp_path / "img_align_celeba" / "000001.jpg")
     with pytest.raises(DatasetError) as err:
-        load_image_dataset("celeba64", tmp_path, "all")
+        load_image_dataset("celeba64-crop140", tmp_path, "all")
     one_line_error(err, "178x218", "64x64", "000001.jpg")
 
 

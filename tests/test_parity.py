@@ -1,8 +1,8 @@
 """Self-tests of tests/parity_reference.py, the independent float64 re-statement of the released loop.
 
-The golden parity test of issue 11 (gcflow's trainer on a shrunk paper preset against this loop)
-needs the trainer's EMA and μ schedules wired in; until then these tests check that the reference
-runs, is deterministic, and agrees with the library's parts composed the same way.
+These tests check that the reference runs, is deterministic, and agrees with the library's parts
+composed the same way; tests/test_parity_golden.py runs it against gcflow's training step on a
+shrunk paper preset.
 """
 
 import pytest

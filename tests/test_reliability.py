@@ -23,7 +23,7 @@ from gcflow.cli import main
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.config import apply_overrides
 from gcflow.training.presets import load_preset
-from gcflow.training.trainer import TrainingError, train
+from gcflow.training.trainer import train
 
 # A tiny toy run: 30 steps, evaluations at 10/20/30, checkpoints at 10/20/30.
 TINY = ["train.steps=30", "train.batch_size=32", "train.eval_every=10", "train.eval_samples=100",

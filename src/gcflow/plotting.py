@@ -94,6 +94,8 @@ def _points(records: Sequence[dict], key: str) -> list[tuple[float, float]]:
     pts = []
     for r in train or records:
         v = r.get(key)
+        if "event" in r:  # an event record (e.g. a precision switch), not an evaluation
+            continue
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and "step" in r:
             pts.append((r["step"], v))
     return pts

@@ -56,7 +56,9 @@ def read_run(path: Path, label: str | None = None) -> RunRecords:
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
     for i, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
+            if "event" not in record:  # event records (precision switches) are not evaluations
+                records.append(record)
         except ValueError:
             if i < len(lines):  # a torn last line is a run still writing; anything else is damage
                 raise ReportError(f"{metrics} line {i} is not JSON; the file is damaged") from None

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draws", type=int, default=5, help="independent draws (paper: 5)")
     p.add_argument("--steps", type=int, default=1, help="sampler steps (1 = one-step)")
     p.add_argument("--batch", type=int, default=250, help="samples per forward pass")
+    p.add_argument("--fid-protocol", choices=("gcflow", "released"), default="gcflow",
+                   help="how samples become 8-bit images: gcflow rounds; released clips and truncates as the paper's code")
     p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets per draw (0 = skip KID)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", type=out_path, default=None, help="results JSON (default RUN_DIR/eval-<steps>step.json)")
@@ -58,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gcflow.data import to_uint8
     from gcflow.metrics.extractors import build_extractor
-    from gcflow.metrics.protocol import evaluate_generator, load_reference_stats, read_reference_meta
+    from gcflow.metrics.protocol import evaluate_generator, load_reference_stats, quantise_samples, read_reference_meta
     from gcflow.sampling import seeded_normal
     from gcflow.training.builders import resolve_device
     from gcflow.training.evaluate import generate
@@ -88,11 +89,13 @@ def _run(args: argparse.Namespace) -> int:
         seeds = range(seed_start, seed_start + n)
         z = seeded_normal(seeds, shape, device)
         labels = torch.tensor([s % k for s in seeds], device=device) if k else None
-        return to_uint8(generate(model, z, cfg, args.steps, class_labels=labels, seed=seed_start).cpu())
+        images = generate(model, z, cfg, args.steps, class_labels=labels, seed=seed_start).cpu()
+        return quantise_samples(images, args.fid_protocol)
 
     res = evaluate_generator(sample_fn, ext, ref, num_samples=args.num_samples, draws=args.draws, batch=args.batch,
                              kid_subsets=args.kid_subsets, log=lambda m: print(f"gcflow: {m}"))
-    res.update({"run_dir": str(args.run_dir), "sampler_steps": args.steps, "reference": str(args.ref)})
+    res.update({"run_dir": str(args.run_dir), "sampler_steps": args.steps, "reference": str(args.ref),
+                "fid_protocol": args.fid_protocol})
     check_output(out, args.overwrite)  # (again: it may have appeared while sampling)
     atomic_write_text(out, json.dumps(res, indent=2) + "\n")
     summary = ", ".join(f"{m.upper()} {res[m + '_mean']:.3f} ± {res[m + '_std']:.3f}" for m in ("fid", "kid", "is") if f"{m}_mean" in res)

@@ -8,10 +8,18 @@ greyscale scaled 0..65535 -> 0..255), centre-cropped to the largest square and r
 
 `celeba64`: the aligned-and-cropped CelebA images (img_align_celeba, 178×218 JPEGs):
 `<root>/img_align_celeba/*.jpg` or `<root>/*.jpg`, with `list_eval_partition.txt` in `<root>`
-(or beside img_align_celeba) for the official splits. Each image gets the common 140×140
-centre crop (box (19, 39, 159, 179)), then is resized to 64 (or `resolution`). Splits:
+(or beside img_align_celeba) for the official splits. As the paper's released code
+(torchvision `Resize(64, LANCZOS)` + `CenterCrop(64)`): the shorter side is resized to 64 (178×218 ->
+64×78, Lanczos), then the centre 64×64 is cut (rows 7..70). `celeba64-crop140`: the common 140×140
+centre crop (box (19, 39, 159, 179)), then resized to 64 (or `resolution`), gcflow's earlier default
+(tighter on the face). Splits:
 "train" / "valid" / "test" (need list_eval_partition.txt: 162770 / 19867 / 19962 images) or
 "all" (every image in the folder).
+
+`imagenet32-full`: full-size ImageNet (ILSVRC-2012) JPEGs as the paper's released code read them
+(torchvision `Resize(32)` + `CenterCrop(32)`, bilinear): `<root>/train/<wnid>/*.JPEG` and
+`<root>/val/<wnid>/*.JPEG` (split "val", also under the name "test"); label = the index of <wnid> in
+the sorted class folders. (`imagenet32` reads the downsampled npz release instead, see `npz`.)
 
 `lsun-church64`: LSUN church_outdoor exported to image files (e.g. webp/jpg, shorter side 256)
 anywhere under `<root>`; shorter side resized and centre-cropped to 64. Split "train".
@@ -34,9 +42,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-from gcflow.data.common import ROOT_HINT, DatasetError, ImageDataset, check_resolution, check_split, require_root, tensor_from
+from gcflow.data.common import (
+    ROOT_HINT,
+    DatasetError,
+    ImageDataset,
+    check_resolution,
+    check_split,
+    require_root,
+    tensor_from,
+)
 from gcflow.data.npz import load_prepared_npz
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
@@ -65,6 +82,31 @@ def centre_square(path: Path, size: tuple[int, int]) -> tuple[int, int, int, int
     return left, top, left + s, top + s
 
 
+class ResizeThenCrop:
+    """torchvision's `Resize(R, resample)` followed by `CenterCrop(R)` on a PIL image (the released code's transform).
+
+    The shorter side becomes R and the longer int(R·long/short) (torchvision's rounding), then the centre
+    R×R is cut at offsets round((h − R)/2), round((w − R)/2).
+    """
+
+    def __init__(self, resample: Image.Resampling) -> None:
+        self.resample = resample
+
+    def __call__(self, img: Image.Image, size: int) -> Image.Image:
+        w, h = img.size
+        short, long = min(w, h), max(w, h)
+        if short != size:
+            new_long = int(size * long / short)
+            img = img.resize((size, new_long) if w <= h else (new_long, size), self.resample)
+        w, h = img.size
+        top, left = round((h - size) / 2.0), round((w - size) / 2.0)  # torchvision: int(round(...))
+        return img.crop((left, top, left + size, top + size))
+
+
+RELEASED_CELEBA = ResizeThenCrop(Image.Resampling.LANCZOS)
+RELEASED_IMAGENET = ResizeThenCrop(Image.Resampling.BILINEAR)
+
+
 def celeba_crop(path: Path, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """The common CelebA 140×140 centre crop of a 178×218 aligned image."""
     if size != CELEBA_SIZE:
@@ -77,8 +119,9 @@ def celeba_crop(path: Path, size: tuple[int, int]) -> tuple[int, int, int, int]:
     return left, top, left + CELEBA_CROP, top + CELEBA_CROP
 
 
-def decode_image(path: Path, resolution: int, crop: CropRule) -> np.ndarray:
-    """Open one file, turn it upright (EXIF), convert to RGB, crop with `crop`, resize to resolution².
+def decode_image(path: Path, resolution: int, crop: CropRule | ResizeThenCrop) -> np.ndarray:
+    """Open one file, turn it upright (EXIF), convert to RGB, crop with `crop`, resize to resolution²
+    (a `ResizeThenCrop` resizes first, then crops, as torchvision's transforms).
 
     Returns (H, W, 3) uint8.
     """
@@ -92,6 +135,8 @@ def decode_image(path: Path, resolution: int, crop: CropRule) -> np.ndarray:
             f"cannot decode image {path} ({type(err).__name__}: {err}); "
             "the file is corrupt or truncated, replace or remove it"
         ) from None
+    if isinstance(crop, ResizeThenCrop):
+        return np.asarray(crop(rgb, resolution))
     box = crop(path, rgb.size)
     resample = Image.Resampling.LANCZOS if box[2] - box[0] >= resolution else Image.Resampling.BICUBIC
     # Crop, then resize: the filter must not reach pixels outside the crop (as `box=` would).
@@ -122,7 +167,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_images(paths: list[Path], resolution: int, crop: CropRule = centre_square, workers: int | None = None) -> np.ndarray:
+def decode_images(paths: list[Path], resolution: int, crop: CropRule | ResizeThenCrop = centre_square, workers: int | None = None) -> np.ndarray:
     """Decode many files in parallel threads (Pillow releases the GIL) into (N, 3, R, R) uint8."""
     out = np.empty((len(paths), resolution, resolution, 3), dtype=np.uint8)
 
@@ -138,7 +183,7 @@ def decode_images(paths: list[Path], resolution: int, crop: CropRule = centre_sq
     return out.transpose(0, 3, 1, 2)
 
 
-def _image_dataset(name: str, paths: list[Path], resolution: int, crop: CropRule) -> ImageDataset:
+def _image_dataset(name: str, paths: list[Path], resolution: int, crop: CropRule | ResizeThenCrop) -> ImageDataset:
     return ImageDataset(images=tensor_from(decode_images(paths, resolution, crop)), labels=None, num_classes=0, name=name)
 
 
@@ -176,12 +221,22 @@ def _folder_or_npz(
 
 
 def load_celeba64(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
-    """CelebA 64×64: 140×140 centre crop of the aligned images, resized (Lanczos)."""
+    """CelebA 64×64 as the released code: shorter side resized to 64 (Lanczos), centre 64×64 cut."""
+    return _load_celeba("celeba64", RELEASED_CELEBA, root, split, resolution)
+
+
+def load_celeba64_crop140(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
+    """CelebA 64×64, gcflow's earlier variant: 140×140 centre crop of the aligned images, resized (Lanczos)."""
+    return _load_celeba("celeba64-crop140", celeba_crop, root, split, resolution)
+
+
+def _load_celeba(name: str, crop: CropRule | ResizeThenCrop, root: Path | None, split: str,
+                 resolution: int | None) -> ImageDataset:
     layout = "<root>/img_align_celeba/*.jpg (+ <root>/list_eval_partition.txt), or a prepared .npz"
-    root, target, prepared = _folder_or_npz("celeba64", root, split, resolution, layout)
+    root, target, prepared = _folder_or_npz(name, root, split, resolution, layout)
     if prepared is not None:
         return prepared
-    check_split("celeba64", split, (*CELEBA_SPLITS, "all"))
+    check_split(name, split, (*CELEBA_SPLITS, "all"))
     image_dir = root / "img_align_celeba" if (root / "img_align_celeba").is_dir() else root
     if split == "all":
         paths = list_images(image_dir)
@@ -190,12 +245,12 @@ def load_celeba64(root: Path | None, split: str, resolution: int | None) -> Imag
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise DatasetError(
-                f"celeba64 image missing: {missing[0]} ({len(missing)} of {len(paths)} listed in list_eval_partition.txt); "
+                f"{name} image missing: {missing[0]} ({len(missing)} of {len(paths)} listed in list_eval_partition.txt); "
                 f"expected {layout}"
             )
     if not paths:
-        raise DatasetError(f"no celeba64 images found under {image_dir}; expected {layout}; {ROOT_HINT}")
-    return _image_dataset("celeba64", paths, target, celeba_crop)
+        raise DatasetError(f"no {name} images found under {image_dir}; expected {layout}; {ROOT_HINT}")
+    return _image_dataset(name, paths, target, crop)
 
 
 def _celeba_partition(root: Path, image_dir: Path, split: str) -> list[str]:
@@ -240,3 +295,25 @@ def load_lsun_church64(root: Path | None, split: str, resolution: int | None) ->
 def load_ffhq64(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
     """FFHQ 64×64: the 1024×1024 (or any square) PNGs resized."""
     return _load_square64("ffhq64", "FFHQ .png", root, split, resolution)
+
+
+def load_imagenet32_full(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
+    """ImageNet 32×32 from the full-size JPEGs, as the released code (Resize(32) + CenterCrop(32), bilinear)."""
+    layout = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (ILSVRC-2012, one folder per class)"
+    check_resolution("imagenet32-full", resolution)
+    check_split("imagenet32-full", split, ("train", "val", "test"))
+    root = require_root("imagenet32-full", root, layout)
+    folder = root / ("train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise DatasetError(f"imagenet32-full split {split!r} needs {folder}; expected {layout}; {ROOT_HINT}")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, labels = [], []
+    for label, wnid in enumerate(classes):
+        found = list_images(folder / wnid)
+        paths += found
+        labels += [label] * len(found)
+    if not paths:
+        raise DatasetError(f"no imagenet32-full images found under {folder}; expected {layout}; {ROOT_HINT}")
+    images = tensor_from(decode_images(paths, resolution or 32, RELEASED_IMAGENET))
+    return ImageDataset(images=images, labels=torch.tensor(labels, dtype=torch.int64), num_classes=len(classes),
+                        name="imagenet32-full")

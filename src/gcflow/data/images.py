@@ -10,7 +10,9 @@ Every reader has the signature `(root, split, resolution) -> ImageDataset` and r
 | fashion-mnist | same file names as MNIST (`idx`)                    | 1×28×28     | train, test     |
 | cifar10       | cifar-10-batches-py/ or cifar-10-python.tar.gz      | 3×32×32     | train, test     |
 | imagenet32    | train_data_batch_1..10.npz, val_data.npz (`npz`)    | 3×32×32     | train, val      |
+| imagenet32-full | full ImageNet train/<wnid>/*.JPEG, val/ (`folder`)  | 3×32×32     | train, val (= test) |
 | celeba64      | img_align_celeba/ (+ list_eval_partition.txt) / npz | 3×64×64     | train, valid, test, all |
+| celeba64-crop140 | as celeba64; 140×140 crop before resizing        | 3×64×64     | train, valid, test, all |
 | lsun-church64 | image files / npz (`folder`)                        | 3×64×64     | train           |
 | ffhq64        | image files / npz (`folder`)                        | 3×64×64     | train           |
 | folder        | any tree of png/jpg/webp (`folder`)                 | resolution  | train           |
@@ -27,7 +29,14 @@ from typing import Callable
 from gcflow.data.cifar import load_cifar10
 from gcflow.data.common import ImageDataset
 from gcflow.data.digits import load_digits
-from gcflow.data.folder import load_celeba64, load_ffhq64, load_folder, load_lsun_church64
+from gcflow.data.folder import (
+    load_celeba64,
+    load_celeba64_crop140,
+    load_ffhq64,
+    load_folder,
+    load_imagenet32_full,
+    load_lsun_church64,
+)
 from gcflow.data.idx import load_fashion_mnist, load_mnist
 from gcflow.data.npz import load_imagenet32, load_npz
 
@@ -39,7 +48,9 @@ IMAGE_DATASETS: dict[str, DatasetReader] = {
     "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "imagenet32": load_imagenet32,
+    "imagenet32-full": load_imagenet32_full,
     "celeba64": load_celeba64,
+    "celeba64-crop140": load_celeba64_crop140,
     "lsun-church64": load_lsun_church64,
     "ffhq64": load_ffhq64,
     "folder": load_folder,

@@ -6,7 +6,9 @@ from __future__ import annotations
 DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
     "cifar10": ((3, 32, 32), 10),
     "imagenet32": ((3, 32, 32), 1000),
+    "imagenet32-full": ((3, 32, 32), 1000),
     "celeba64": ((3, 64, 64), 0),
+    "celeba64-crop140": ((3, 64, 64), 0),
     "lsun-church64": ((3, 64, 64), 0),
     "ffhq64": ((3, 64, 64), 0),
     "digits": ((1, 8, 8), 10),

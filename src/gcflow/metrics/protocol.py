@@ -239,6 +239,26 @@ def evaluate_features(
     return out
 
 
+FID_PROTOCOLS = ("gcflow", "released")
+
+
+def quantise_samples(images: Tensor, protocol: str = "gcflow") -> Tensor:
+    """Generated images in [-1, 1] (N, C, H, W), any float dtype -> uint8 (N, C, H, W) for the feature network.
+
+    * gcflow: round((x + 1)·127.5), clamped to 0..255 (`gcflow.data.to_uint8`; it inverts the data's
+      x/127.5 − 1 exactly).
+    * released: the paper's released evaluation (utils.eval_fid, then torchmetrics'
+      FrechetInceptionDistance(normalize=True)): clip to [−1, 1], (x + 1)/2, then (x·255).byte() in
+      float32, which truncates: on average half a grey level darker than rounding.
+    """
+    if protocol not in FID_PROTOCOLS:
+        raise MetricError(f"unknown FID protocol {protocol!r}; choose one of {', '.join(FID_PROTOCOLS)}")
+    x = images.to(torch.float32)
+    if protocol == "gcflow":
+        return ((x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return (((x.clamp(-1.0, 1.0) + 1) / 2) * 255).to(torch.uint8)  # float -> uint8 truncates toward 0
+
+
 def sample_batches(sample_fn: SampleFn, seed_start: int, n: int, batch: int = 250) -> Iterator[Tensor]:
     """Images of seeds seed_start … seed_start + n − 1 from `sample_fn`, `batch` at a time."""
     for i in range(0, n, batch):

@@ -77,6 +77,8 @@ class MethodConfig:
     ect_mapping: str = _f("sigmoid", "ECT: mapping r(t), sigmoid or const")
     ect_stages: int = _f(8, "ECT: number of equal stages over train.steps (200k / 8 = 25k iterations in ECT)")
     edm_sampler_steps: int = _f(18, "diffusion runs (method.pairs=edm): deterministic Heun steps when sampling")
+    gc_mu_end: float = _f(-1.0, "mu at the last step, reached linearly from gc_mu over the run (-1 = constant mu)")
+    gc_start: int = _f(0, "first step with GC pairs (mu = 0 before it)")
 
 
 @dataclass
@@ -88,6 +90,11 @@ class OptimConfig:
     ema_decay: float = _f(0.9999, "EMA decay per step (used when ema_half_life is 0)")
     ema_half_life: float = _f(0.0, "EMA half-life in training images (0 = use ema_decay)")
     grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = no clipping, as the paper)")
+    ema_schedule: str = _f("constant", "EMA decay: constant (ema_decay or ema_half_life) or warmup (ema-pytorch's, as the paper)")
+    ema_update_every: int = _f(1, "update the EMA every this many steps (the paper: 5)")
+    ema_start: int = _f(-1, "copy the weights into the EMA until this step (-1 = never; warmup needs >= 0)")
+    ema_inv_gamma: float = _f(1.0, "warmup EMA: decay = min(ema_decay, 1 - (1 + e/inv_gamma)^-power)")
+    ema_power: float = _f(2.0 / 3.0, "warmup EMA: the power of the warm-up decay")
 
 
 @dataclass
@@ -104,10 +111,11 @@ class TrainConfig:
     sample_steps: int = _f(1, "sampler steps for evaluation and samples.png")
     nonfinite: str = _f("stop", "on a non-finite loss or gradient: stop, or skip the step")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
-    precision: str = _f("auto", "network passes in fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 on CPU")
+    precision: str = _f("fp32", "network passes: fp32, bf16 or fp16 autocast, or auto (bf16 while checked to agree)")
     channels_last: bool = _f(True, "image networks use the channels-last memory layout (faster convolutions)")
     compile: bool = _f(False, "compile the training passes with torch.compile (slow first steps, faster after)")
     tensorboard: str = _f("auto", "TensorBoard events in RUN/tb: auto (when tensorboard is installed), on or off")
+    precision_check_every: int = _f(2000, "precision=auto: recheck bf16 against fp32 every this many steps")
 
 
 @dataclass
@@ -131,8 +139,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.distance": ("pseudo_huber", "l2", "l2_norm", "l1"),  # "l1": old name of l2_norm, still accepted
     "optim.name": ("lion", "adam", "radam"),
     "train.nonfinite": ("stop", "skip"),
-    "train.precision": ("auto", "fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.tensorboard": ("auto", "on", "off"),
+    "optim.ema_schedule": ("constant", "warmup"),
 }
 
 
@@ -318,6 +327,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
     if min(t.eval_every, t.checkpoint_every, t.log_every) < 0 or t.keep_checkpoints < 1 or t.sample_steps < 1:
         raise ConfigError("train.eval_every, checkpoint_every, log_every must be >= 0; keep_checkpoints, sample_steps >= 1")
+    _validate_schedules(cfg)
     if any(not 0.0 <= p < 1.0 for p in cfg.network.dropout):
         raise ConfigError(f"network.dropout={list(cfg.network.dropout)} must be in [0, 1)")
     if cfg.network.width < 1 or cfg.network.depth < 1 or cfg.network.channels < 1:
@@ -395,6 +405,27 @@ def check_teacher_options(cfg: Config) -> None:
         raise ConfigError(f"method.teacher is used by method.pairs=cd only (got method.pairs={m.pairs}); use method.init_from")
     if m.ect_q <= 1 or m.ect_k < 0 or m.ect_b < 0 or m.ect_stages < 1 or m.edm_sampler_steps < 1:
         raise ConfigError("need method.ect_q > 1, method.ect_k, ect_b >= 0, method.ect_stages, edm_sampler_steps >= 1")
+
+
+def _validate_schedules(cfg: Config) -> None:
+    """The EMA and μ schedules and the precision check (issue 11)."""
+    m, o, t = cfg.method, cfg.optim, cfg.train
+    if o.ema_update_every < 1 or o.ema_start < -1:
+        raise ConfigError(f"need optim.ema_update_every >= 1 and optim.ema_start >= -1, got {o.ema_update_every}, {o.ema_start}")
+    if o.ema_inv_gamma <= 0 or o.ema_power <= 0:
+        raise ConfigError(f"optim.ema_inv_gamma={o.ema_inv_gamma} and optim.ema_power={o.ema_power} must be > 0")
+    if o.ema_schedule == "warmup" and (o.ema_half_life > 0 or o.ema_start < 0):
+        raise ConfigError("optim.ema_schedule=warmup needs optim.ema_half_life=0 and optim.ema_start>=0 (e.g. 0)")
+    if m.gc_mu_end != -1.0 and not 0.0 <= m.gc_mu_end <= 1.0:
+        raise ConfigError(f"method.gc_mu_end={m.gc_mu_end} must be in [0, 1] (or -1 for a constant mu)")
+    if m.gc_start < 0:
+        raise ConfigError(f"method.gc_start={m.gc_start} must be >= 0")
+    if m.pairs == "cd" and m.gc_mu_end > 0:
+        raise ConfigError("method.pairs=cd cannot be combined with method.gc_mu_end>0; GC builds CT pairs")
+    if m.gc_predictor == "frozen" and m.gc_mu_end > 0 and not m.gc_checkpoint:
+        raise ConfigError("method.gc_predictor=frozen needs method.gc_checkpoint=RUN_DIR_OR_FILE")
+    if t.precision_check_every < 1:
+        raise ConfigError(f"train.precision_check_every={t.precision_check_every} must be >= 1")
 
 
 def describe_options(cfg: Config | None = None) -> str:

@@ -66,8 +66,14 @@ _PAPER_COMMON = (
     "network.noise_label_scale=1",
     "optim.name=lion",
     "optim.betas=0.9,0.99",
+    # The released code's EMA (ema-pytorch 0.2.3: beta 0.9999, update_every 5, warm-up decay, weights
+    # copied until ema_start), fp32 passes (TF32 convolutions on CUDA) and no flips (method spec §10).
+    "optim.ema_schedule=warmup",
     "optim.ema_decay=0.9999",
-    "data.flip=true",
+    "optim.ema_update_every=5",
+    "optim.ema_start=0",
+    "train.precision=fp32",
+    "data.flip=false",
     "train.eval_every=5000",
     "train.eval_samples=5000",
     "train.checkpoint_every=5000",
@@ -91,13 +97,14 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "imagenet32": (
         "ImageNet 32x32",
         (
-            "data.name=imagenet32",
+            "data.name=imagenet32-full",  # full ImageNet, Resize(32) + CenterCrop(32), as the released code
             "network.channel_mult=1,1,2",
             "network.num_blocks=3,5,7",
             "network.attn_resolutions=16",
             "train.batch_size=512",
             "train.steps=150000",
             "optim.lr=8e-5",
+            "optim.ema_start=10000",  # the released ImageNet config omits ema_start: its default is 10 000
         ),
         "0,0.2,0.2",
     ),

@@ -238,13 +238,15 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def record_kind(record: dict[str, Any]) -> str:
-    """"train" (the every-log_every training record) or "eval" (an evaluation; also records without a kind,
-    written before training records existed)."""
+    """"event" (e.g. a precision switch), "train" (the every-log_every training record) or "eval" (an
+    evaluation; also records without a kind, written before training records existed)."""
+    if "event" in record:
+        return "event"
     return "train" if record.get("kind") == "train" else "eval"
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, oldest first: all of them, or only those of `kind` ("train" or "eval")."""
+    """The records of metrics.jsonl, oldest first: all of them, or only those of `kind` ("train", "eval", "event")."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return records if kind is None else [r for r in records if record_kind(r) == kind]
 

@@ -16,8 +16,8 @@ composes library parts (sigmas, pairs, loss, EMA); what it adds is scheduling:
   solving it in place. With several processes each couples its own slice of the batch (minibatch OT
   within B/W samples, not B).
 * **Mixed precision and layout.** The network passes (teacher, student, GC predictor) run under
-  bf16 autocast when train.precision resolves to bf16; the preconditioning's skip path, the
-  distance and the loss stay in float32. The predictor and teacher passes run under no_grad.
+  bf16/fp16 autocast as train.precision says (auto: bf16 while its check passes, see
+  precision_policy.py); the preconditioning's skip path, the distance and the loss stay in float32. The predictor and teacher passes run under no_grad.
 * **Few shapes for the GC predictor.** It runs on the μ-selected rows only (a binomial number of
   them); on CUDA those rows are padded to a multiple of b/16, so cuDNN autotuning and
   torch.compile meet ~4 batch sizes instead of ~70 (at most b/16 − 1 extra rows per step).
@@ -37,18 +37,19 @@ from torch import Tensor, nn
 
 from gcflow.distances import get_distance
 from gcflow.dropout import SharedDropout
-from gcflow.ema import ema_update
+from gcflow.ema import EmaSchedule, ema_step
 from gcflow.loss import consistency_loss
 from gcflow.pairs import PairRecipe, build_pairs
 from gcflow.pairs.coupling import ot_assignment
 from gcflow.pairs.gc import select_gc
 from gcflow.pairs.types import PointFn
 from gcflow.randomness import step_generator, stream_seed
+from gcflow.schedules import MuSchedule
 from gcflow.sigmas import ict_num_scales, sample_noise_levels
-from gcflow.training.builders import resolve_precision
 from gcflow.training.config import Config
 from gcflow.training.distributed import World
 from gcflow.training.objectives import get_objective
+from gcflow.training.precision_policy import PrecisionPolicy
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
@@ -86,6 +87,21 @@ class StepInputs:
     perm: Any = None
 
 
+def mu_schedule(cfg: Config) -> MuSchedule:
+    """μ(k) from method.gc_mu, gc_mu_end (-1 = constant) and gc_start."""
+    m = cfg.method
+    return MuSchedule(m.gc_mu, None if m.gc_mu_end == -1.0 else m.gc_mu_end, m.gc_start)
+
+
+def ema_schedule(cfg: Config, decay: float) -> EmaSchedule:
+    """The EMA schedule of optim.ema_*; `decay` is the constant schedule's β (from ema_decay or ema_half_life)."""
+    o = cfg.optim
+    start = None if o.ema_start < 0 else o.ema_start
+    if o.ema_schedule == "warmup":
+        return EmaSchedule(o.ema_decay, True, o.ema_update_every, start, o.ema_inv_gamma, o.ema_power)
+    return EmaSchedule(decay, False, o.ema_update_every, start)
+
+
 def draw_inputs(cfg: Config, source: Any, step: int, device: torch.device, world: World = World(),
                 channels_last: bool = False) -> StepInputs:
     """Draw step `step`'s global levels, noise and GC selection and keep this process's rows."""
@@ -100,9 +116,9 @@ def draw_inputs(cfg: Config, source: Any, step: int, device: torch.device, world
     )
     sig_i, sig_n, weight = to_device(torch.stack(levels)[:, lo : lo + b], device).unbind(0)
     z = torch.randn((t.batch_size, *x0.shape[1:]), generator=step_generator(t.seed, step, "noise", device), device=device)[lo : lo + b]
-    gc_mask = None
-    if m.gc_mu > 0:
-        gc_mask = select_gc(t.batch_size, m.gc_mu, step_generator(t.seed, step, "gc"))[lo : lo + b]  # stays on the host
+    gc_mask, mu = None, mu_schedule(cfg)
+    if mu.ever_gc:  # a constant μ draws exactly as before schedules existed
+        gc_mask = select_gc(t.batch_size, mu.at(step, t.steps), step_generator(t.seed, step, "gc"))[lo : lo + b]
     if channels_last and x0.ndim == 4:
         x0, z = x0.contiguous(memory_format=torch.channels_last), z.contiguous(memory_format=torch.channels_last)
     dropout = SharedDropout(stream_seed(t.seed, step, "dropout", world.rank), device)
@@ -116,10 +132,10 @@ class TrainStep:
         cfg: the run's config (method, optim.grad_clip, train.{precision, compile, channels_last}).
         source: the data source (`batch(step)`, `state_dict()`, `load_state_dict()`).
         model: the online consistency model f_θ (already on `device`, in its memory format).
-        ema: the EMA copy, updated after every optimizer step with `decay`.
+        ema: the EMA copy, updated after optimizer steps by the schedule of optim.ema_* (`ema_schedule`).
         opt: the optimizer over `model`'s parameters.
         device: the device of this process.
-        decay: the per-step EMA decay.
+        decay: the constant EMA schedule's per-step decay (ignored by optim.ema_schedule=warmup).
         world: this process's place in a data-parallel run (wraps the model in DDP when size > 1).
         predictor: the GC predictor f_η (x, σ[, class_labels]) -> x̂, or None.
         velocity: the CD velocity, or None.
@@ -137,7 +153,9 @@ class TrainStep:
         self.cfg, self.source, self.model, self.ema, self.opt = cfg, source, model, ema, opt
         self.device, self.decay, self.world, self.loss_fn = device, decay, world, loss_fn
         self.velocity = velocity
-        self.dtype = resolve_precision(t.precision, device)
+        self.ema_schedule = ema_schedule(cfg, decay)
+        self.precision = PrecisionPolicy(cfg, device, world)  # fixed, or train.precision=auto's checks
+        self._step = -1
         self.channels_last = bool(t.channels_last and cfg.network.kind == "songunet")
         # The coupling is applied here (see _coupled_noise: the OT assignment may be solved a step
         # ahead in a worker thread) and the GC mask is drawn for the global batch (draw_inputs);
@@ -233,10 +251,13 @@ class TrainStep:
 
     # -- Passes --------------------------------------------------------------------------------
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The network passes' dtype now (train.precision=auto changes it at its checks)."""
+        return self.precision.dtype
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return self.precision.autocast()
 
     def _autocast_fn(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         def run(x: Tensor, s: Tensor, *rest: Any) -> Tensor:
@@ -282,11 +303,12 @@ class TrainStep:
         that of the averaged gradient, the same on every process.
         """
         inp = self._take(step)
-        self.n_scales = inp.n_scales
+        self.n_scales, self._step = inp.n_scales, step
         z = self._coupled_noise(inp)
+        self.precision.before_step(self.model, inp, z, self.opt)
         loss = self.objective(self, inp, z).mean()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss, self.params)
         if math.isinf(self.max_norm):  # no clipping: only the norm, for the non-finite check
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
         else:
@@ -294,9 +316,9 @@ class TrainStep:
         return loss.detach(), grad_norm
 
     def update(self) -> None:
-        """Apply the gradient (optimizer step) and update the EMA: foreach kernels, no host sync."""
+        """Apply the gradient (optimizer step) and the EMA schedule's step: foreach kernels, no host sync."""
         self.opt.step()
-        ema_update(self.ema, self.model, self.decay)
+        ema_step(self.ema, self.model, self.ema_schedule, self._step + 1)
 
     def discard(self) -> None:
         """Drop the gradient of a skipped step."""

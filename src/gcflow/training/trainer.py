@@ -62,7 +62,7 @@ from gcflow.training.run_state import (
     warn_thread_count,
     write_summary,
 )
-from gcflow.training.step import TrainStep
+from gcflow.training.step import TrainStep, mu_schedule
 
 # Re-exported: the names scripts and the commands import from the trainer.
 __all__ = ["Interrupted", "RunResult", "TrainingError", "load_model_for_inference", "train"]
@@ -177,7 +177,7 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
     # Build the model, its EMA and the optimizer (weights depend only on the seed, so every process
     # starts from the same ones). The EMA and the optimizer state inherit the model's memory layout.
     parts = _build_parts(cfg, source, device)
-    predictor = build_gc_predictor(cfg, parts.model, parts.ema, device) if cfg.method.gc_mu > 0 else None
+    predictor = build_gc_predictor(cfg, parts.model, parts.ema, device) if mu_schedule(cfg).ever_gc else None
     velocity = cd_velocity(cfg, source, device) if cfg.method.pairs == "cd" else None  # teacher or exact
 
     # Resume from the newest good checkpoint, or start the run's files.
@@ -200,6 +200,7 @@ def _train_locked(cfg: Config, run_dir: Path, world: World, *, resume: bool, pro
         velocity=velocity,
         loss_fn=consistency_loss,
     )
+    stepper.precision.attach(run_dir, start, write=world.is_main)  # train.precision=auto: log and resume its switches
 
     # Watch the run (rank 0): training curves and evaluations to metrics.jsonl and TensorBoard (monitor.py).
     monitor = Monitor(cfg, run_dir, stepper, parts.opt, device, log, start if resume else None, world.is_main)
