@@ -55,7 +55,7 @@ from gcflow.data import DeviceBatches, ImageDataset  # noqa: E402
 from gcflow.ema import make_ema  # noqa: E402
 from gcflow.pairs.coupling import ot_assignment  # noqa: E402
 from gcflow.sigmas import ict_num_scales  # noqa: E402
-from gcflow.training.builders import build_model, build_optimizer, resolve_precision, set_memory_format  # noqa: E402
+from gcflow.training.builders import build_model, build_optimizer, set_memory_format  # noqa: E402
 from gcflow.training.config import Config, apply_overrides  # noqa: E402
 from gcflow.training.presets import load_preset  # noqa: E402
 from gcflow.training.step import TrainStep  # noqa: E402
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note: the cifar10 size (batch 512) is meant for a GPU; on the CPU it takes minutes per step", flush=True)
     key = device_key(device) + ("-compiled" if args.compile else "")
     results = {"device": device_label(device), "device_key": key, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-               "precision": str(resolve_precision("auto", device)).replace("torch.", ""),
+               "precision": Config().train.precision,  # the variants' default (fp32); the fp32 rows say so
                "command": " ".join(["python", "benchmarks/step.py", *(argv if argv is not None else sys.argv[1:])]), "sizes": {}}
     for size in sizes:
         results["sizes"][size] = bench_size(size, device, args)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+from typing import Any
 
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,12 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `gcflow` console script; returns the exit status (130 after Ctrl-C, also during imports)."""
+    """Entry point of the `gcflow` console script; returns the exit status.
+
+    Ctrl-C and SIGTERM (e.g. a scheduler's) end the command with 'gcflow: interrupted' and status 130,
+    also while the command modules are still importing; the training loop replaces this handler with
+    its own, which first writes a checkpoint.
+    """
+    previous = _sigterm_raises_interrupt()
     try:
         return _main(argv)
     except KeyboardInterrupt:
         print("gcflow: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_raises_interrupt() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt; returns the previous handler (None off the main thread)."""
+
+    def interrupt(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
 
 
 def _main(argv: list[str] | None) -> int:

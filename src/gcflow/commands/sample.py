@@ -75,6 +75,11 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run = load_run(args.run_dir, device)
     model, cfg = run.model, run.config
+    if args.sigmas is not None and cfg.method.pairs == "edm":
+        raise ConfigError(
+            f"--sigmas: {args.run_dir} is a diffusion model sampled with Heun's method "
+            f"(method.edm_sampler_steps={cfg.method.edm_sampler_steps}); drop --sigmas"
+        )
     levels = sampler_levels(cfg, args.steps, args.sigmas)
     if args.label is not None and not run.num_classes:
         raise ConfigError(

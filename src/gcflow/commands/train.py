@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=out_path, default=None,
                    help="run folder (default: a new runs/<preset>[-<changed options>]-<time>-<id>)")
     p.add_argument("--steps", type=int, default=None,
-                   help="shorthand for train.steps=N; with --resume, continue the run to N steps (see README)")
+                   help="shorthand for train.steps=N; with --resume, extend the run to N steps, see README")
     p.add_argument("--mu", type=float, default=None, help="shorthand for method.gc_mu=MU, the probability of a GC pair")
     p.add_argument("--seed", type=int, default=None, help="shorthand for train.seed=S")
     p.add_argument("--device", default=None, help="shorthand for train.device=DEV")

@@ -97,15 +97,6 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.optim.name](model.parameters(), cfg)
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The compute dtype of the network passes: 'auto' is bf16 on CUDA devices that support it, else fp32."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support; use train.precision=fp32")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
-
-
 def set_memory_format(model: nn.Module, cfg: Config) -> nn.Module:
     """Put an image network's convolution weights in the channels-last layout when train.channels_last is set.
 
@@ -118,9 +109,12 @@ def set_memory_format(model: nn.Module, cfg: Config) -> nn.Module:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; an unavailable device is a ConfigError."""
+    """'auto' picks CUDA, else Apple's MPS, else the CPU; an unavailable device is a ConfigError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:

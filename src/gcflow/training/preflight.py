@@ -13,7 +13,7 @@ import torch
 
 from gcflow.training.builders import build_model
 from gcflow.training.config import Config, ConfigError
-from gcflow.training.data_source import data_shape, is_toy
+from gcflow.training.data_source import data_shape
 
 
 def check_new_run(cfg: Config, run_dir: Path, *, overwrite: bool) -> None:
@@ -21,13 +21,22 @@ def check_new_run(cfg: Config, run_dir: Path, *, overwrite: bool) -> None:
 
     Reads files (the frozen predictor's checkpoint) but writes nothing. `cfg` is already validated.
     """
-    if cfg.method.pairs == "cd" and not is_toy(cfg.data.name):
-        raise ConfigError("method.pairs=cd needs the exact velocity of a toy distribution; pick a toy data.name")
+    for key, value in (("method.teacher", cfg.method.teacher), ("method.init_from", cfg.method.init_from)):
+        if value:
+            _check_teacher_path(key, Path(value), Path(run_dir), overwrite=overwrite)
     shape = _configured_shape(cfg)
     if shape is not None:
         _check_network(cfg, shape)
     if cfg.method.gc_mu > 0 and cfg.method.gc_predictor == "frozen":
         _check_frozen_predictor(cfg, Path(run_dir), shape, overwrite=overwrite)
+
+
+def _check_teacher_path(key: str, path: Path, run_dir: Path, *, overwrite: bool) -> None:
+    """A teacher (or initialisation) file or run must exist, and must not be inside the run --overwrite replaces."""
+    if not path.exists():
+        raise ConfigError(f"{key}={path} does not exist; name a gcflow diffusion run or a 'gcflow import-edm' file")
+    if overwrite and run_dir.exists() and path.resolve().is_relative_to(run_dir.resolve()):
+        raise ConfigError(f"{key}={path} is inside {run_dir}, which --overwrite would delete; use another --out")
 
 
 def _configured_shape(cfg: Config) -> tuple[int, ...] | None:

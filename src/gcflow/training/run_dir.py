@@ -28,7 +28,7 @@ _NOT_A_RUN = (".lock", ".write-test")
 # Everything gcflow writes at the top of a train run or an experiment folder; a folder holding only
 # these (e.g. a run killed before its config.json) is recognisably gcflow's and may be replaced.
 RUN_FILES = frozenset({"config.json", "metrics.jsonl", "summary.json", "samples.png", "metrics.png", "checkpoints",
-                       "samples", "results.json", "report.md", "events.jsonl", *_NOT_A_RUN})
+                       "samples", "results.json", "report.md", "events.jsonl", "tb", *_NOT_A_RUN})
 _GCFLOW_ARTEFACT = re.compile(r"^(eval-\d+step\.json|\.[^/]+\.tmp-\d+|[\w.-]+\.(png|svg|pdf|md))$")
 _MAX_CONFIG_BYTES = 1 << 20
 _DEFAULT_NAME_TRIES = 100
@@ -204,12 +204,20 @@ def _is_artefact(p: Path) -> bool:
 
 
 def _only_gcflow_outputs(folder: Path) -> bool:
+    """Whether `folder` (checkpoints/ or samples/) holds only what gcflow writes there: checkpoints,
+    temp files, samples (.npy, .npz, .png) and `gcflow sample`'s folders of numbered PNGs."""
     from gcflow.training.checkpoint import CKPT_RE, TEMP_RE
 
-    pattern = re.compile(r"^[\w.-]+\.(npy|png)$")
-    names = (p.name for p in folder.iterdir() if not p.is_symlink() and p.is_file())
-    return sum(1 for _ in folder.iterdir()) == sum(
-        1 for n in names if CKPT_RE.match(n) or TEMP_RE.match(n) or pattern.match(n))
+    pattern = re.compile(r"^[\w.-]+\.(npy|npz|png)$")
+    for p in folder.iterdir():
+        if p.is_symlink():
+            return False
+        if p.is_dir():
+            if not all(q.is_file() and not q.is_symlink() and re.match(r"^\d+\.png$", q.name) for q in p.iterdir()):
+                return False
+        elif not (p.is_file() and (CKPT_RE.match(p.name) or TEMP_RE.match(p.name) or pattern.match(p.name))):
+            return False
+    return True
 
 
 def _has_gcflow_config(path: Path) -> bool:

@@ -167,6 +167,8 @@ class TrainStep:
         self.max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.n_scales = 0
+        self.mu_schedule = mu_schedule(cfg)
+        self.mu, self.gc_rows = self.mu_schedule.at(0, t.steps), 0
 
         # The student pass goes through DDP (gradient averaging) with several processes; the
         # no-grad passes use the plain module.
@@ -304,6 +306,9 @@ class TrainStep:
         """
         inp = self._take(step)
         self.n_scales, self._step = inp.n_scales, step
+        # Read by the training-curve monitor: μ(k) and the GC rows (the mask lives on the host: no sync).
+        self.mu = self.mu_schedule.at(step, self.cfg.train.steps)
+        self.gc_rows = 0 if inp.gc_mask is None else int(inp.gc_mask.sum())
         z = self._coupled_noise(inp)
         self.precision.before_step(self.model, inp, z, self.opt)
         loss = self.objective(self, inp, z).mean()
