@@ -33,15 +33,22 @@ from torch import Tensor
 from gcflow.training.builders import build_model
 from gcflow.training.presets import load_preset
 
-SIZES: dict[str, tuple[str, tuple[int, int, int]]] = {"digits": ("digits-gc", (1, 8, 8)),
-                                                      "cifar10": ("cifar10-gc", (3, 32, 32))}
+SIZES: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "digits": ("digits-gc", (1, 8, 8)),
+    "cifar10": ("cifar10-gc", (3, 32, 32)),
+}
 
 
 class GcflowLion(torch.optim.Optimizer):
     """gcflow's former Lion (src/gcflow/training/lion.py until it was replaced by lion_pytorch.foreach.Lion)."""
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+    ) -> None:
         if lr <= 0:
             raise ValueError(f"Lion needs a positive learning rate, got {lr}")
         if len(betas) != 2 or not all(0.0 <= b <= 1.0 for b in betas):
@@ -118,11 +125,15 @@ def bench(size: str, rounds: int, steps: int) -> dict:
     names = list(opts)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(time_steps(opts[name], steps))
     ms = {n: 1e3 * statistics.median(t) for n, t in times.items()}
-    return {"parameters": sum(p.numel() for p in params), "tensors": len(params), "ms_per_step": ms,
-            "ratio_to_gcflow": {n: ms[n] / ms["gcflow"] for n in names}}
+    return {
+        "parameters": sum(p.numel() for p in params),
+        "tensors": len(params),
+        "ms_per_step": ms,
+        "ratio_to_gcflow": {n: ms[n] / ms["gcflow"] for n in names},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,9 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "lion.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-              "torch": torch.__version__, "lion_pytorch": version("lion-pytorch"),
-              "rounds": args.rounds, "steps_per_round": args.steps, "sizes": {}}
+    result = {
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "lion_pytorch": version("lion-pytorch"),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "sizes": {},
+    }
     for size in args.sizes:
         result["sizes"][size] = r = bench(size, args.rounds, args.steps)
         print(f"{size}: {r['parameters']:,} parameters in {r['tensors']} tensors")

@@ -67,9 +67,18 @@ def _trained(preset: str, overrides: list[str], shape: tuple[int, ...], cache: P
 
 
 def cifar_random(batch: int) -> tuple[ConsistencyModel, torch.Tensor]:
-    net = SongUNet(img_resolution=32, in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 2),
-                   num_blocks=1, attn_resolutions=(16,), dropout=0.0, embedding_type="positional",
-                   noise_label_scale=1.0)
+    net = SongUNet(
+        img_resolution=32,
+        in_channels=3,
+        out_channels=3,
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        num_blocks=1,
+        attn_resolutions=(16,),
+        dropout=0.0,
+        embedding_type="positional",
+        noise_label_scale=1.0,
+    )
     model = reset_weights(ConsistencyModel(net), seed=0)
     g = torch.Generator().manual_seed(0)
     # Smooth random "images" in [-1, 1]: 8×8 noise upsampled bilinearly.
@@ -79,20 +88,33 @@ def cifar_random(batch: int) -> tuple[ConsistencyModel, torch.Tensor]:
 
 
 def toy_trained(batch: int, cache: Path, steps: int) -> tuple[ConsistencyModel, torch.Tensor]:
-    model = _trained("toy-ic", [f"train.steps={steps}", "train.eval_every=0", "train.eval_samples=200",
-                                "train.checkpoint_every=0"], (2,), cache)
+    model = _trained(
+        "toy-ic",
+        [f"train.steps={steps}", "train.eval_every=0", "train.eval_samples=200", "train.checkpoint_every=0"],
+        (2,),
+        cache,
+    )
     return model, make_toy("ring8").sample(batch, torch.Generator().manual_seed(0)).float()
 
 
 def digits_trained(batch: int, cache: Path, steps: int) -> tuple[ConsistencyModel, torch.Tensor]:
-    model = _trained("digits-gc", [f"train.steps={steps}", "train.eval_every=0", "train.eval_samples=200",
-                                   "train.checkpoint_every=0"], (1, 8, 8), cache)
+    model = _trained(
+        "digits-gc",
+        [f"train.steps={steps}", "train.eval_every=0", "train.eval_samples=200", "train.checkpoint_every=0"],
+        (1, 8, 8),
+        cache,
+    )
     images = load_digits(None, "test", None).images[:batch]
     return model, to_unit_range(images)
 
 
-def run(models: dict[str, Callable[[], tuple[ConsistencyModel, torch.Tensor]]], stages: tuple[int, ...],
-        bands: tuple[str, ...], log: Callable[[str], None] = print, device: str = "cpu") -> list[dict[str, Any]]:
+def run(
+    models: dict[str, Callable[[], tuple[ConsistencyModel, torch.Tensor]]],
+    stages: tuple[int, ...],
+    bands: tuple[str, ...],
+    log: Callable[[str], None] = print,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
     """One row per (model, N, band, precision); the passes run on `device` (CUDA: real GPU autocast)."""
     rows = []
     for name, make in models.items():
@@ -104,29 +126,52 @@ def run(models: dict[str, Callable[[], tuple[ConsistencyModel, torch.Tensor]]], 
                 if probe is None:
                     continue
                 for precision, a in measure(model, probe).items():
-                    rows.append({"model": name, "n": n, "band": band, "precision": precision,
-                                 "batch": x0.shape[0], "loss_ref": a.loss_ref, "loss_rel_err": a.loss_rel_err,
-                                 "grad_cosine": a.grad_cosine, "sign_agreement": a.sign_agreement})
-                log(f"{name:15s} N={n:5d} {band:10s} " + "  ".join(
-                    f"{r['precision']}: {r['loss_rel_err']:.2e} {r['grad_cosine']:.4f} {r['sign_agreement']:.4f}"
-                    for r in rows[-3:]))
+                    rows.append(
+                        {
+                            "model": name,
+                            "n": n,
+                            "band": band,
+                            "precision": precision,
+                            "batch": x0.shape[0],
+                            "loss_ref": a.loss_ref,
+                            "loss_rel_err": a.loss_rel_err,
+                            "grad_cosine": a.grad_cosine,
+                            "sign_agreement": a.sign_agreement,
+                        }
+                    )
+                log(
+                    f"{name:15s} N={n:5d} {band:10s} "
+                    + "  ".join(
+                        f"{r['precision']}: {r['loss_rel_err']:.2e} {r['grad_cosine']:.4f} {r['sign_agreement']:.4f}"
+                        for r in rows[-3:]
+                    )
+                )
     return rows
 
 
 def headline(rows: list[dict[str, Any]]) -> str:
     """A markdown table: per model, N and precision, the "all" band's three measures and the worst bands."""
-    lines = [("| model | N | precision | loss rel. err (all) | grad cosine (all) | Lion sign agr. (all) "
-             "| largest band loss rel. err | lowest band sign agr. |"), "|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["model"], r["n"], r["precision"]) for r in rows},
-                  key=lambda k: (k[0], k[1], ("fp32", "bf16", "fp16").index(k[2])))
+    lines = [
+        (
+            "| model | N | precision | loss rel. err (all) | grad cosine (all) | Lion sign agr. (all) "
+            "| largest band loss rel. err | lowest band sign agr. |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(r["model"], r["n"], r["precision"]) for r in rows},
+        key=lambda k: (k[0], k[1], ("fp32", "bf16", "fp16").index(k[2])),
+    )
     for model, n, precision in keys:
         sel = [r for r in rows if (r["model"], r["n"], r["precision"]) == (model, n, precision)]
         a = next((r for r in sel if r["band"] == "all"), sel[0])
         worst = max(sel, key=lambda r: r["loss_rel_err"])
         low = min(sel, key=lambda r: r["sign_agreement"])
-        lines.append(f"| {model} | {n} | {precision} | {a['loss_rel_err']:.2%} | {a['grad_cosine']:.4f} "
-                     f"| {a['sign_agreement']:.2%} | {worst['loss_rel_err']:.2%} ({worst['band']}) "
-                     f"| {low['sign_agreement']:.2%} ({low['band']}) |")
+        lines.append(
+            f"| {model} | {n} | {precision} | {a['loss_rel_err']:.2%} | {a['grad_cosine']:.4f} "
+            f"| {a['sign_agreement']:.2%} | {worst['loss_rel_err']:.2%} ({worst['band']}) "
+            f"| {low['sign_agreement']:.2%} ({low['band']}) |"
+        )
     return "\n".join(lines)
 
 
@@ -146,15 +191,24 @@ def main(argv: list[str] | None = None) -> int:
         models = {"cifar-random": lambda: cifar_random(2)}
         rows = run(models, (1280,), ("5-80",), device=args.device)
     else:
-        models = {"cifar-random": lambda: cifar_random(16), "toy-trained": lambda: toy_trained(256, args.cache, 1500),
-                  "digits-trained": lambda: digits_trained(64, args.cache, 600)}
+        models = {
+            "cifar-random": lambda: cifar_random(16),
+            "toy-trained": lambda: toy_trained(256, args.cache, 1500),
+            "digits-trained": lambda: digits_trained(64, args.cache, 600),
+        }
         rows = run(models, STAGES, tuple(SIGMA_BANDS), device=args.device)
     out = args.out if args.out is not None else (None if args.tiny else OUT)
     if out is not None:
         where = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.machine()
-        meta = {"torch": torch.__version__, "machine": where, "device": args.device, "seconds": round(time.time() - t0, 1),
-                "reference": "fp64", "fp16": "CPU autocast, convolutions emulated (fp16 operands, fp32 accumulation)",
-                "sign": "Lion update sign with zero momentum: sign(grad)"}
+        meta = {
+            "torch": torch.__version__,
+            "machine": where,
+            "device": args.device,
+            "seconds": round(time.time() - t0, 1),
+            "reference": "fp64",
+            "fp16": "CPU autocast, convolutions emulated (fp16 operands, fp32 accumulation)",
+            "sign": "Lion update sign with zero momentum: sign(grad)",
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         print(f"wrote {out}")

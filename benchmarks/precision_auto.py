@@ -33,8 +33,21 @@ PRECISIONS = ("fp32", "auto")
 def run_one(precision: str, seed: int, steps: int | None, runs_dir: Path) -> dict:
     """Train digits-gc once in a subprocess (one thread); returns its record."""
     out = runs_dir / f"{precision}-seed{seed}"
-    cmd = [sys.executable, "-m", "gcflow", "train", "--preset", "digits-gc", "--out", str(out), "--overwrite",
-           "--no-progress", f"train.precision={precision}", f"train.seed={seed}", "train.threads=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gcflow",
+        "train",
+        "--preset",
+        "digits-gc",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-progress",
+        f"train.precision={precision}",
+        f"train.seed={seed}",
+        "train.threads=1",
+    ]
     if steps:
         cmd += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -45,11 +58,18 @@ def run_one(precision: str, seed: int, steps: int | None, runs_dir: Path) -> dic
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     events = [r for r in records if r.get("event") == "precision"]
-    return {"precision": precision, "seed": seed, "steps": summary["step"], "train_seconds": summary["wall_seconds"],
-            "process_seconds": round(time.perf_counter() - t0, 3), "classifier_fd": summary["classifier_fd"],
-            "classifier_fd_noise_floor": summary.get("classifier_fd_noise_floor"), "loss": summary["loss"],
-            "precision_events": events,
-            "bf16_steps": _bf16_steps(events, summary["step"])}
+    return {
+        "precision": precision,
+        "seed": seed,
+        "steps": summary["step"],
+        "train_seconds": summary["wall_seconds"],
+        "process_seconds": round(time.perf_counter() - t0, 3),
+        "classifier_fd": summary["classifier_fd"],
+        "classifier_fd_noise_floor": summary.get("classifier_fd_noise_floor"),
+        "loss": summary["loss"],
+        "precision_events": events,
+        "bf16_steps": _bf16_steps(events, summary["step"]),
+    }
 
 
 def _bf16_steps(events: list[dict], total: int) -> int:
@@ -73,8 +93,11 @@ def summarise(runs: list[dict]) -> dict:
                 vals = [r[key] for r in rs]
                 out[f"{p}_{key}_mean"], out[f"{p}_{key}_std"] = statistics.mean(vals), statistics.stdev(vals)
     by = {(r["precision"], r["seed"]): r for r in runs}
-    out["speedup_per_seed"] = {s: by[("fp32", s)]["train_seconds"] / by[("auto", s)]["train_seconds"]
-                               for (p, s) in by if p == "auto" and ("fp32", s) in by}
+    out["speedup_per_seed"] = {
+        s: by[("fp32", s)]["train_seconds"] / by[("auto", s)]["train_seconds"]
+        for (p, s) in by
+        if p == "auto" and ("fp32", s) in by
+    }
     return out
 
 
@@ -88,8 +111,13 @@ def main() -> None:
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     if data.get("steps_arg") not in (None, args.steps):
         sys.exit(f"{args.out} holds a study with --steps {data['steps_arg']}; pass the same or another --out")
-    data.update({"steps_arg": args.steps, "command": " ".join(["python", *sys.argv]),
-                 "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread per run"})
+    data.update(
+        {
+            "steps_arg": args.steps,
+            "command": " ".join(["python", *sys.argv]),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread per run",
+        }
+    )
     done = {(r["precision"], r["seed"]) for r in data["runs"]}
 
     def finish(record: dict) -> None:
@@ -98,8 +126,11 @@ def main() -> None:
         data["date"] = time.strftime("%Y-%m-%d")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"{record['precision']} seed {record['seed']}: {record['train_seconds']:.0f} s, "
-              f"classifier FD {record['classifier_fd']:.2f}, bf16 steps {record['bf16_steps']}", flush=True)
+        print(
+            f"{record['precision']} seed {record['seed']}: {record['train_seconds']:.0f} s, "
+            f"classifier FD {record['classifier_fd']:.2f}, bf16 steps {record['bf16_steps']}",
+            flush=True,
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # two runs at once: fp32 and auto of one seed
         for seed in range(args.seeds):

@@ -40,9 +40,9 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -57,10 +57,10 @@ from gcflow.pairs.coupling import ot_assignment  # noqa: E402
 from gcflow.sigmas import ict_num_scales  # noqa: E402
 from gcflow.training.builders import build_model, build_optimizer, set_memory_format  # noqa: E402
 from gcflow.training.config import Config, apply_overrides  # noqa: E402
-from gcflow.training.presets import load_preset  # noqa: E402
-from gcflow.training.step import TrainStep  # noqa: E402
 from gcflow.training.faults import new_fault_record, record_fault  # noqa: E402
 from gcflow.training.predictor import build_gc_predictor  # noqa: E402
+from gcflow.training.presets import load_preset  # noqa: E402
+from gcflow.training.step import TrainStep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"IC": (), "OT": ("method.coupling=ot",), "GC": ("method.gc_mu=0.5",)}
@@ -69,10 +69,28 @@ METHODS = {"IC": (), "OT": ("method.coupling=ot",), "GC": ("method.gc_mu=0.5",)}
 # cpu: a small 32×32 SongUNet a CPU steps through in about a second. tiny: smoke test only.
 SIZES: dict[str, dict] = {
     "cifar10": {"preset": "cifar10-ic", "shape": (3, 32, 32), "batch": 512, "overrides": ()},
-    "cpu": {"preset": "cifar10-ic", "shape": (3, 32, 32), "batch": 32,
-            "overrides": ("network.channels=32", "network.channel_mult=1,2,2", "network.num_blocks=1", "network.attn_resolutions=16")},
-    "tiny": {"preset": "cifar10-ic", "shape": (1, 8, 8), "batch": 8,
-             "overrides": ("network.channels=8", "network.channel_mult=1,2", "network.num_blocks=1", "network.attn_resolutions=4")},
+    "cpu": {
+        "preset": "cifar10-ic",
+        "shape": (3, 32, 32),
+        "batch": 32,
+        "overrides": (
+            "network.channels=32",
+            "network.channel_mult=1,2,2",
+            "network.num_blocks=1",
+            "network.attn_resolutions=16",
+        ),
+    },
+    "tiny": {
+        "preset": "cifar10-ic",
+        "shape": (1, 8, 8),
+        "batch": 8,
+        "overrides": (
+            "network.channels=8",
+            "network.channel_mult=1,2",
+            "network.num_blocks=1",
+            "network.attn_resolutions=4",
+        ),
+    },
 }
 
 
@@ -107,13 +125,25 @@ class Variant:
 
 def make_config(size: str, method: str, extra: tuple[str, ...] = ()) -> Config:
     spec = SIZES[size]
-    over = [*spec["overrides"], *METHODS[method], f"train.batch_size={spec['batch']}", "train.steps=1000000",
-            "network.dropout=0", *extra]
+    over = [
+        *spec["overrides"],
+        *METHODS[method],
+        f"train.batch_size={spec['batch']}",
+        "train.steps=1000000",
+        "network.dropout=0",
+        *extra,
+    ]
     return apply_overrides(load_preset(spec["preset"]), over)
 
 
-def gcflow_variant(size: str, method: str, device: torch.device, extra: tuple[str, ...] = (), label: str = "",
-                   pad_predictor: bool | None = None) -> Variant:
+def gcflow_variant(
+    size: str,
+    method: str,
+    device: torch.device,
+    extra: tuple[str, ...] = (),
+    label: str = "",
+    pad_predictor: bool | None = None,
+) -> Variant:
     """gcflow's step, with the trainer's per-step bookkeeping (non-finite flag or check, loss window)."""
     cfg = make_config(size, method, (f"train.device={device}", *extra))
     torch.manual_seed(0)
@@ -122,8 +152,17 @@ def gcflow_variant(size: str, method: str, device: torch.device, extra: tuple[st
     opt = build_optimizer(model, cfg)
     predictor = build_gc_predictor(cfg, model, ema, device) if cfg.method.gc_mu > 0 else None
     source = RandomImages(SIZES[size]["shape"], cfg.train.batch_size, device)
-    step = TrainStep(cfg, source, model, ema, opt, device=device, decay=cfg.optim.ema_decay, predictor=predictor,
-                     pad_predictor=pad_predictor)
+    step = TrainStep(
+        cfg,
+        source,
+        model,
+        ema,
+        opt,
+        device=device,
+        decay=cfg.optim.ema_decay,
+        predictor=predictor,
+        pad_predictor=pad_predictor,
+    )
     fault = new_fault_record(device)
     loss_sum = torch.zeros((), device=device)
     model.train()
@@ -150,7 +189,9 @@ def reference_variant(size: str, method: str, device: torch.device) -> Variant:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = Lion(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     g = torch.Generator().manual_seed(1)
-    data = (torch.randint(0, 256, (8 * cfg.train.batch_size, *SIZES[size]["shape"]), generator=g).float() / 127.5 - 1).to(device)
+    data = (
+        torch.randint(0, 256, (8 * cfg.train.batch_size, *SIZES[size]["shape"]), generator=g).float() / 127.5 - 1
+    ).to(device)
     model.train()
 
     def run(k: int) -> None:
@@ -166,7 +207,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_variants(variants: list[Variant], device: torch.device, steps: int, rounds: int, warmup: int) -> dict[str, dict]:
+def time_variants(
+    variants: list[Variant], device: torch.device, steps: int, rounds: int, warmup: int
+) -> dict[str, dict]:
     """Interleaved timing: per round, each variant runs `steps` steps; medians over rounds."""
     counters = {v.name: 0 for v in variants}
     for v in variants:  # warm-up (cuDNN autotuning, compilation, caches)
@@ -177,7 +220,7 @@ def time_variants(variants: list[Variant], device: torch.device, steps: int, rou
     wall: dict[str, list[float]] = {v.name: [] for v in variants}
     cpu: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             sync(device)
             w0, c0 = time.perf_counter(), time.process_time()
@@ -188,9 +231,19 @@ def time_variants(variants: list[Variant], device: torch.device, steps: int, rou
             wall[v.name].append((time.perf_counter() - w0) / steps * 1e3)
             cpu[v.name].append((time.process_time() - c0) / steps * 1e3)
         shown = cpu if device.type != "cuda" else wall
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{v.name} {shown[v.name][-1]:.1f} ms" for v in variants), flush=True)
-    return {v.name: {"wall_ms": statistics.median(wall[v.name]), "cpu_ms": statistics.median(cpu[v.name]),
-                     "wall_ms_all": [round(x, 3) for x in wall[v.name]], "cpu_ms_all": [round(x, 3) for x in cpu[v.name]]} for v in variants}
+        print(
+            f"  round {r + 1}/{rounds}: " + ", ".join(f"{v.name} {shown[v.name][-1]:.1f} ms" for v in variants),
+            flush=True,
+        )
+    return {
+        v.name: {
+            "wall_ms": statistics.median(wall[v.name]),
+            "cpu_ms": statistics.median(cpu[v.name]),
+            "wall_ms_all": [round(x, 3) for x in wall[v.name]],
+            "cpu_ms_all": [round(x, 3) for x in cpu[v.name]],
+        }
+        for v in variants
+    }
 
 
 def count_flops(variant: Variant, k: int) -> int:
@@ -246,17 +299,32 @@ def bf16_check(size: str, device: torch.device) -> dict:
                 if p.ndim > 1:
                     p.copy_((torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5).to(device))
         ema = make_ema(model)
-        step = TrainStep(cfg, RandomImages(SIZES[size]["shape"], cfg.train.batch_size, device), model, ema, build_optimizer(model, cfg),
-                         device=device, decay=cfg.optim.ema_decay, predictor=build_gc_predictor(cfg, model, ema, device))
+        step = TrainStep(
+            cfg,
+            RandomImages(SIZES[size]["shape"], cfg.train.batch_size, device),
+            model,
+            ema,
+            build_optimizer(model, cfg),
+            device=device,
+            decay=cfg.optim.ema_decay,
+            predictor=build_gc_predictor(cfg, model, ema, device),
+        )
         loss, grad_norm = step.forward_backward(7)
         grads = torch.cat([p.grad.reshape(-1).float() for p in model.parameters()])
         out[precision] = (loss.item(), grad_norm.item(), grads)
         step.close()
     (l32, n32, g32), (l16, n16, g16) = out["fp32"], out["bf16"]
     cos = float(torch.nn.functional.cosine_similarity(g16, g32, dim=0))
-    return {"loss_fp32": l32, "loss_bf16": l16, "loss_rel_diff": abs(l16 - l32) / abs(l32), "grad_norm_fp32": n32,
-            "grad_norm_bf16": n16, "grad_cosine": cos, "tolerance": "loss within 1 %, gradient cosine > 0.99",
-            "within_tolerance": bool(abs(l16 - l32) <= 0.01 * abs(l32) and cos > 0.99)}
+    return {
+        "loss_fp32": l32,
+        "loss_bf16": l16,
+        "loss_rel_diff": abs(l16 - l32) / abs(l32),
+        "grad_norm_fp32": n32,
+        "grad_norm_bf16": n16,
+        "grad_cosine": cos,
+        "tolerance": "loss within 1 %, gradient cosine > 0.99",
+        "within_tolerance": bool(abs(l16 - l32) <= 0.01 * abs(l32) and cos > 0.99),
+    }
 
 
 def device_key(device: torch.device) -> str:
@@ -296,16 +364,42 @@ def bench_size(size: str, device: torch.device, args: argparse.Namespace) -> dic
     rows = []
     for method in METHODS:
         g, r = times[f"gcflow {method}"], times[f"reference {method}"]
-        rows.append({"method": method, "gcflow_ms": g[clock], "reference_ms": r[clock],
-                     "gcflow_img_s": batch / g[clock] * 1e3, "reference_img_s": batch / r[clock] * 1e3,
-                     "speedup": r[clock] / g[clock], "gcflow": g, "reference": r})
+        rows.append(
+            {
+                "method": method,
+                "gcflow_ms": g[clock],
+                "reference_ms": r[clock],
+                "gcflow_img_s": batch / g[clock] * 1e3,
+                "reference_img_s": batch / r[clock] * 1e3,
+                "speedup": r[clock] / g[clock],
+                "gcflow": g,
+                "reference": r,
+            }
+        )
     by = {row["method"]: row for row in rows}
-    out: dict = {"size": size, "batch": batch, "parameters": params, "clock": clock, "steps_per_round": args.steps,
-                 "rounds": args.rounds, "rows": rows,
-                 "ablation": {name: t for name, t in times.items() if name not in {f"{i} {m}" for i in ("gcflow", "reference") for m in METHODS}},
-                 "gc_over_ic": {"gcflow": by["GC"]["gcflow_ms"] / by["IC"]["gcflow_ms"], "reference": by["GC"]["reference_ms"] / by["IC"]["reference_ms"]},
-                 "ot_overhead": {"gcflow": 1 - by["IC"]["gcflow_ms"] / by["OT"]["gcflow_ms"], "reference": 1 - by["IC"]["reference_ms"] / by["OT"]["reference_ms"]},
-                 "ot_solve_ms": ot_solve_ms(size, device)}
+    out: dict = {
+        "size": size,
+        "batch": batch,
+        "parameters": params,
+        "clock": clock,
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        "rows": rows,
+        "ablation": {
+            name: t
+            for name, t in times.items()
+            if name not in {f"{i} {m}" for i in ("gcflow", "reference") for m in METHODS}
+        },
+        "gc_over_ic": {
+            "gcflow": by["GC"]["gcflow_ms"] / by["IC"]["gcflow_ms"],
+            "reference": by["GC"]["reference_ms"] / by["IC"]["reference_ms"],
+        },
+        "ot_overhead": {
+            "gcflow": 1 - by["IC"]["gcflow_ms"] / by["OT"]["gcflow_ms"],
+            "reference": 1 - by["IC"]["reference_ms"] / by["OT"]["reference_ms"],
+        },
+        "ot_solve_ms": ot_solve_ms(size, device),
+    }
     if flops:
         rate = bf16_matmul_rate(device)
         out["bf16_matmul_tflops"] = rate / 1e12
@@ -327,37 +421,66 @@ def targets(size: str, device: torch.device, res: dict) -> list[dict]:
     if size == "cpu":
         for m in METHODS:
             checks.append((f"{m} step throughput vs reference (cpu network)", by[m]["speedup"], ">=", 1.0))
-    return [{"target": name, "value": round(v, 4), "threshold": f"{op} {thr}", "met": bool(v >= thr if op == ">=" else v <= thr)}
-            for name, v, op, thr in checks]
+    return [
+        {
+            "target": name,
+            "value": round(v, 4),
+            "threshold": f"{op} {thr}",
+            "met": bool(v >= thr if op == ">=" else v <= thr),
+        }
+        for name, v, op, thr in checks
+    ]
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Device: {results['device']}; date {results['date']}; torch {results['torch']}.",
-             f"Command: `{results['command']}`", ""]
+    lines = [
+        f"Device: {results['device']}; date {results['date']}; torch {results['torch']}.",
+        f"Command: `{results['command']}`",
+        "",
+    ]
     for size, res in results["sizes"].items():
         clock = "CPU time" if res["clock"] == "cpu_ms" else "wall time"
-        lines += [f"**{size}** network ({res['parameters'] / 1e6:.2f} M parameters), batch {res['batch']}; "
-                  f"median of {res['rounds']} interleaved rounds of {res['steps_per_round']} steps ({clock}).", "",
-                  "| method | gcflow ms/step | gcflow img/s | reference ms/step | reference img/s | speed-up |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"**{size}** network ({res['parameters'] / 1e6:.2f} M parameters), batch {res['batch']}; "
+            f"median of {res['rounds']} interleaved rounds of {res['steps_per_round']} steps ({clock}).",
+            "",
+            "| method | gcflow ms/step | gcflow img/s | reference ms/step | reference img/s | speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in res["rows"]:
-            lines.append(f"| {r['method']} | {r['gcflow_ms']:.1f} | {r['gcflow_img_s']:.0f} | {r['reference_ms']:.1f} | "
-                         f"{r['reference_img_s']:.0f} | {r['speedup']:.2f}× |")
-        lines += ["", f"GC / IC step time: gcflow {res['gc_over_ic']['gcflow']:.3f}, reference {res['gc_over_ic']['reference']:.3f}. "
-                  f"OT extra time / OT step: gcflow {res['ot_overhead']['gcflow']:.3f}, reference {res['ot_overhead']['reference']:.3f}; "
-                  f"one OT assignment alone: {res['ot_solve_ms']:.1f} ms."]
+            lines.append(
+                f"| {r['method']} | {r['gcflow_ms']:.1f} | {r['gcflow_img_s']:.0f} | {r['reference_ms']:.1f} | "
+                f"{r['reference_img_s']:.0f} | {r['speedup']:.2f}× |"
+            )
+        lines += [
+            "",
+            f"GC / IC step time: gcflow {res['gc_over_ic']['gcflow']:.3f}, reference {res['gc_over_ic']['reference']:.3f}. "
+            f"OT extra time / OT step: gcflow {res['ot_overhead']['gcflow']:.3f}, reference {res['ot_overhead']['reference']:.3f}; "
+            f"one OT assignment alone: {res['ot_solve_ms']:.1f} ms.",
+        ]
         if "mfu" in res:
-            lines.append(f"MFU (counted FLOPs / step time / measured bf16 matmul rate {res['bf16_matmul_tflops']:.0f} TFLOP/s): "
-                         + ", ".join(f"{k} {v:.1%}" for k, v in res["mfu"].items()) + ".")
+            lines.append(
+                f"MFU (counted FLOPs / step time / measured bf16 matmul rate {res['bf16_matmul_tflops']:.0f} TFLOP/s): "
+                + ", ".join(f"{k} {v:.1%}" for k, v in res["mfu"].items())
+                + "."
+            )
         if res["ablation"]:
-            lines.append("Ablation (gcflow GC step): " + ", ".join(f"{k} {v[res['clock']]:.1f} ms" for k, v in res["ablation"].items()) + ".")
+            lines.append(
+                "Ablation (gcflow GC step): "
+                + ", ".join(f"{k} {v[res['clock']]:.1f} ms" for k, v in res["ablation"].items())
+                + "."
+            )
         if "bf16_check" in res:
             c = res["bf16_check"]
-            lines.append(f"bf16 autocast vs fp32, one GC step from the same weights: loss {c['loss_bf16']:.5g} vs {c['loss_fp32']:.5g} "
-                         f"({c['loss_rel_diff']:.2%}), gradient cosine {c['grad_cosine']:.4f} ({c['tolerance']}: "
-                         f"{'within' if c['within_tolerance'] else 'OUTSIDE'}).")
+            lines.append(
+                f"bf16 autocast vs fp32, one GC step from the same weights: loss {c['loss_bf16']:.5g} vs {c['loss_fp32']:.5g} "
+                f"({c['loss_rel_diff']:.2%}), gradient cosine {c['grad_cosine']:.4f} ({c['tolerance']}: "
+                f"{'within' if c['within_tolerance'] else 'OUTSIDE'})."
+            )
         for t in res["targets"]:
-            lines.append(f"- target: {t['target']} = {t['value']} ({t['threshold']}): **{'met' if t['met'] else 'NOT met'}**")
+            lines.append(
+                f"- target: {t['target']} = {t['value']} ({t['threshold']}): **{'met' if t['met'] else 'NOT met'}**"
+            )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -368,7 +491,7 @@ def update_benchmarks_md(path: Path, key: str, body: str) -> None:
     start, end = f"<!-- step:{key} -->", f"<!-- /step:{key} -->"
     block = f"{start}\n{body}{end}"
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         anchor = "<!-- step:results -->"
         text = text.replace(anchor, f"{anchor}\n\n{block}", 1) if anchor in text else text.rstrip() + f"\n\n{block}\n"
@@ -377,21 +500,42 @@ def update_benchmarks_md(path: Path, key: str, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", nargs="+", choices=sorted(SIZES), default=None, help="network sizes (default: cifar10 and cpu on CUDA, cpu on the CPU)")
+    p.add_argument(
+        "--size",
+        nargs="+",
+        choices=sorted(SIZES),
+        default=None,
+        help="network sizes (default: cifar10 and cpu on CUDA, cpu on the CPU)",
+    )
     p.add_argument("--tiny", action="store_true", help="smoke run: the tiny network, 2 rounds of 1 step, no markdown")
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=None, help="steps per variant per round (default 10 on CUDA, 2 on the CPU)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="steps per variant per round (default 10 on CUDA, 2 on the CPU)"
+    )
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default 5 on CUDA, 1 on the CPU)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps per variant (default 5 on CUDA, 1 on the CPU)"
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
     p.add_argument("--compile", action="store_true", help="time gcflow's step with train.compile=true")
-    p.add_argument("--ablate", action="store_true", help="also time gcflow's GC step in fp32, in NCHW, and without predictor padding")
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also time gcflow's GC step in fp32, in NCHW, and without predictor padding",
+    )
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count and MFU (CUDA)")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/step_<device>.json)")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="file whose step:<device> block is updated")
+    p.add_argument(
+        "--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="file whose step:<device> block is updated"
+    )
     p.add_argument("--no-markdown", action="store_true")
-    p.add_argument("--from-json", type=Path, default=None, help="no timing: copy a result file (e.g. from a GPU session) "
-                   "into benchmarks/results and render it into BENCHMARKS.md")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="no timing: copy a result file (e.g. from a GPU session) "
+        "into benchmarks/results and render it into BENCHMARKS.md",
+    )
     args = p.parse_args(argv)
     if args.from_json is not None:
         results = json.loads(args.from_json.read_text())
@@ -403,7 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out} and the step:{results['device_key']} block of {args.markdown}")
         return 0
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if device.type == "cuda":
         # cuDNN autotuning for every variant (as EDM-style training scripts set it); TF32 stays at
         # PyTorch's defaults (convolutions may use it, matmuls not), as a plain fp32 script gets them.
@@ -411,15 +559,25 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.size or (["cifar10", "cpu"] if device.type == "cuda" else ["cpu"])
     if args.tiny:
         sizes, args.no_markdown = ["tiny"], True
-        args.steps, args.rounds, args.warmup = args.steps or 1, min(args.rounds, 2), 1 if args.warmup is None else args.warmup
+        args.steps, args.rounds, args.warmup = (
+            args.steps or 1,
+            min(args.rounds, 2),
+            1 if args.warmup is None else args.warmup,
+        )
     args.steps = args.steps or (10 if device.type == "cuda" else 2)
     args.warmup = (5 if device.type == "cuda" else 1) if args.warmup is None else args.warmup
     if "cifar10" in sizes and device.type != "cuda":
         print("note: the cifar10 size (batch 512) is meant for a GPU; on the CPU it takes minutes per step", flush=True)
     key = device_key(device) + ("-compiled" if args.compile else "")
-    results = {"device": device_label(device), "device_key": key, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-               "precision": Config().train.precision,  # the variants' default (fp32); the fp32 rows say so
-               "command": " ".join(["python", "benchmarks/step.py", *(argv if argv is not None else sys.argv[1:])]), "sizes": {}}
+    results = {
+        "device": device_label(device),
+        "device_key": key,
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "precision": Config().train.precision,  # the variants' default (fp32); the fp32 rows say so
+        "command": " ".join(["python", "benchmarks/step.py", *(argv if argv is not None else sys.argv[1:])]),
+        "sizes": {},
+    }
     for size in sizes:
         results["sizes"][size] = bench_size(size, device, args)
     out = args.out or ROOT / "benchmarks" / "results" / f"step_{key}{'_tiny' if args.tiny else ''}.json"

@@ -75,8 +75,10 @@ def _score(run_dir: Path) -> dict[str, Any]:
     def metrics(x: torch.Tensor) -> dict[str, float]:
         imgs = to_uint8(x)
         feats = ev.classifier.features(imgs[: ev.m])[0]
-        return {"classifier_fd": frechet_distance(*feature_stats(feats), *ev.ref_stats),
-                "pixel_sliced_w2": pixel_sliced_w2(imgs[: ev.m], ev.reference)}
+        return {
+            "classifier_fd": frechet_distance(*feature_stats(feats), *ev.ref_stats),
+            "pixel_sliced_w2": pixel_sliced_w2(imgs[: ev.m], ev.reference),
+        }
 
     with torch.no_grad():
         if m.pairs == "edm":
@@ -84,8 +86,14 @@ def _score(run_dir: Path) -> dict[str, Any]:
         else:
             samplers = {
                 "1-step": lambda z: sample_onestep(run.model, z, m.sigma_max),
-                "2-step": lambda z: sample_multistep(run.model, z, [TWO_STEP_SIGMA], m.sigma_max, m.sigma_min,
-                                                     generator=step_generator(cfg.train.seed, 0, "eval")),
+                "2-step": lambda z: sample_multistep(
+                    run.model,
+                    z,
+                    [TWO_STEP_SIGMA],
+                    m.sigma_max,
+                    m.sigma_min,
+                    generator=step_generator(cfg.train.seed, 0, "eval"),
+                ),
             }
         out: dict[str, Any] = {"floor": ev.floor}
         for name, draw in samplers.items():
@@ -125,15 +133,23 @@ def _summarise(results: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
         for sampler in ("1-step", "2-step"):
             for metric in ("classifier_fd", "pixel_sliced_w2"):
                 vals = [r[sampler][metric] for r in runs]
-                row[f"{sampler} {metric}"] = {"mean": mean(vals), "std": stdev(vals) if len(vals) > 1 else 0.0,
-                                              "values": vals}
+                row[f"{sampler} {metric}"] = {
+                    "mean": mean(vals),
+                    "std": stdev(vals) if len(vals) > 1 else 0.0,
+                    "values": vals,
+                }
         table[label] = row
     verdicts = []
     for a, b in CLAIMS:
         if a in table and b in table:
             for key in ("1-step classifier_fd", "2-step classifier_fd", "1-step pixel_sliced_w2"):
-                verdicts.append({"claim": f"{a} lower than {b}", "metric": key,
-                                 "verdict": lower_verdict(table[a][key]["values"], table[b][key]["values"])})
+                verdicts.append(
+                    {
+                        "claim": f"{a} lower than {b}",
+                        "metric": key,
+                        "verdict": lower_verdict(table[a][key]["values"], table[b][key]["values"]),
+                    }
+                )
     return {"table": table, "verdicts": verdicts}
 
 
@@ -144,8 +160,11 @@ def _grid(results: dict[str, Any], out: Path) -> None:
     from gcflow.plotting import save_image_grid
 
     rows = [Path(results["teacher"]["run_dir"]) / "grid-heun.pt"]
-    rows += [Path(results["runs"][f"{label}|seed0"]["run_dir"]) / "grid-1-step.pt" for label in METHODS
-             if f"{label}|seed0" in results["runs"]]
+    rows += [
+        Path(results["runs"][f"{label}|seed0"]["run_dir"]) / "grid-1-step.pt"
+        for label in METHODS
+        if f"{label}|seed0" in results["runs"]
+    ]
     images = torch.cat([torch.load(p) for p in rows if p.is_file()])
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(out, images, nrow=10, scale=4)
@@ -155,17 +174,28 @@ def markdown(results: dict[str, Any]) -> str:
     """The results table (mean ± std over seeds) and the verdicts, as Markdown."""
     summary = _summarise(results, list(range(results["settings"]["seeds"])))
     t = results["teacher"]
-    lines = ["| method | 1-step FD | 2-step FD | 1-step pixel SW2 | 2-step pixel SW2 |", "|---|---|---|---|---|",
-             (f"| teacher (EDM, 18 Heun steps = 35 NFE) | {t['heun']['classifier_fd']:.1f} | | "
-              f"{t['heun']['pixel_sliced_w2']:.3f} | |")]
+    lines = [
+        "| method | 1-step FD | 2-step FD | 1-step pixel SW2 | 2-step pixel SW2 |",
+        "|---|---|---|---|---|",
+        (
+            f"| teacher (EDM, 18 Heun steps = 35 NFE) | {t['heun']['classifier_fd']:.1f} | | "
+            f"{t['heun']['pixel_sliced_w2']:.3f} | |"
+        ),
+    ]
     for label, row in summary["table"].items():
         label = f"{label} ({row['seeds']} seeds)"
-        cells = [f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" for k in ("1-step classifier_fd", "2-step classifier_fd")]
-        cells += [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("1-step pixel_sliced_w2", "2-step pixel_sliced_w2")]
+        cells = [
+            f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" for k in ("1-step classifier_fd", "2-step classifier_fd")
+        ]
+        cells += [
+            f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("1-step pixel_sliced_w2", "2-step pixel_sliced_w2")
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     floor = t["floor"]
-    lines.append(f"| held-out data (noise floor) | {floor['classifier_fd_noise_floor']:.1f} | | "
-                 f"{floor['pixel_sliced_w2_noise_floor']:.3f} | |")
+    lines.append(
+        f"| held-out data (noise floor) | {floor['classifier_fd_noise_floor']:.1f} | | "
+        f"{floor['pixel_sliced_w2_noise_floor']:.3f} | |"
+    )
     lines += ["", "| claim | metric | verdict |", "|---|---|---|"]
     lines += [f"| {v['claim']} | {v['metric']} | {v['verdict']} |" for v in summary["verdicts"]]
     return "\n".join(lines)
@@ -192,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     results["command"] = "python benchmarks/teacher_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
     teacher = args.work / "teacher"
     if "teacher" not in results:
-        _, _, res = _job("teacher", "digits-edm", [f"train.steps={args.teacher_steps}", "train.eval_every=0"],
-                         str(teacher))
+        _, _, res = _job(
+            "teacher", "digits-edm", [f"train.steps={args.teacher_steps}", "train.eval_every=0"], str(teacher)
+        )
         results["teacher"] = {"run_dir": str(teacher), **res}
         _save(args.json, results)
     seeds = list(range(args.seeds))
@@ -214,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             key, run_dir, res = fut.result()
             results["runs"][key] = {"run_dir": run_dir, **res}
             _save(args.json, results)
-            print(f"{key}: 1-step FD {res['1-step']['classifier_fd']:.1f}, 2-step FD {res['2-step']['classifier_fd']:.1f}",
-                  flush=True)
+            print(
+                f"{key}: 1-step FD {res['1-step']['classifier_fd']:.1f}, 2-step FD {res['2-step']['classifier_fd']:.1f}",
+                flush=True,
+            )
     results["summary"] = _summarise(results, seeds)
     _save(args.json, results)
     _grid(results, args.grid)

@@ -57,10 +57,18 @@ def gather(base: Path, docs: Path, results_json: Path) -> None:
             target = f"{folder}--{Path(name).name}"
             shutil.copy(base / folder / name, figures / target)
             pictures.append({"file": f"figures/theory/{target}", "caption": caption})
-        studies.append({"folder": folder, "title": result["title"], "command": result["command"],
-                        "seconds": result["seconds"], "claims": result["claims"],
-                        "notes": [n.replace(str(ROOT) + "/", "") for n in result.get("notes", [])],
-                        "figures": pictures, "environment": result.get("environment", {})})
+        studies.append(
+            {
+                "folder": folder,
+                "title": result["title"],
+                "command": result["command"],
+                "seconds": result["seconds"],
+                "claims": result["claims"],
+                "notes": [n.replace(str(ROOT) + "/", "") for n in result.get("notes", [])],
+                "figures": pictures,
+                "environment": result.get("environment", {}),
+            }
+        )
     atomic_write_text(results_json, json.dumps({"studies": studies}, indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(docs / "theory.md", render(studies))
 
@@ -89,8 +97,12 @@ def render(studies: list[dict]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reuse", type=Path, default=None, help="gather existing study folders from this directory instead of running")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "theory", help="where the studies run (default runs/theory)")
+    p.add_argument(
+        "--reuse", type=Path, default=None, help="gather existing study folders from this directory instead of running"
+    )
+    p.add_argument(
+        "--work", type=Path, default=ROOT / "runs" / "theory", help="where the studies run (default runs/theory)"
+    )
     p.add_argument("--docs", type=Path, default=ROOT / "docs")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "theory.json")
     args = p.parse_args()
@@ -99,7 +111,10 @@ def main() -> int:
         run_studies(base)
     missing = [f for f, _, _ in STUDIES if not (base / f / "results.json").is_file()]
     if missing:
-        print(f"theory_report: error: no results.json for {', '.join(missing)} under {base}; run without --reuse", file=sys.stderr)
+        print(
+            f"theory_report: error: no results.json for {', '.join(missing)} under {base}; run without --reuse",
+            file=sys.stderr,
+        )
         return 2
     gather(base, args.docs, args.results)
     print(f"theory_report: wrote {args.docs / 'theory.md'} and {args.results}")

@@ -39,14 +39,34 @@ def main() -> int:
                 t0 = time.perf_counter()
                 res = train(cfg, Path(tmp) / f"{preset}-{seed}", progress=False, log=lambda *_: None)
                 s = res.summary
-                rows.append({"preset": preset, "seed": seed, "steps": s["step"], "w2": s["w2"], "sliced_w2": s["sliced_w2"],
-                             "w2_noise_floor": s["w2_noise_floor"], "sliced_w2_noise_floor": s["sliced_w2_noise_floor"],
-                             "wall_seconds": round(time.perf_counter() - t0, 1)})
+                rows.append(
+                    {
+                        "preset": preset,
+                        "seed": seed,
+                        "steps": s["step"],
+                        "w2": s["w2"],
+                        "sliced_w2": s["sliced_w2"],
+                        "w2_noise_floor": s["w2_noise_floor"],
+                        "sliced_w2_noise_floor": s["sliced_w2_noise_floor"],
+                        "wall_seconds": round(time.perf_counter() - t0, 1),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     table = summarise(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
-                                    "date": time.strftime("%Y-%m-%d"), "runs": rows, "table": table}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": " ".join(["python", *sys.argv]),
+                "torch": torch.__version__,
+                "date": time.strftime("%Y-%m-%d"),
+                "runs": rows,
+                "table": table,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(markdown(table))
     return 0
 
@@ -57,20 +77,32 @@ def summarise(rows: list[dict]) -> list[dict]:
         rs = [r for r in rows if r["preset"] == preset]
         w2 = [r["w2"] for r in rs]
         sw = [r["sliced_w2"] for r in rs]
-        out.append({"preset": preset, "seeds": len(rs), "steps": rs[0]["steps"],
-                    "w2_mean": statistics.mean(w2), "w2_std": statistics.pstdev(w2),
-                    "sliced_w2_mean": statistics.mean(sw), "sliced_w2_std": statistics.pstdev(sw),
-                    "w2_noise_floor": statistics.mean(r["w2_noise_floor"] for r in rs),
-                    "sliced_w2_noise_floor": statistics.mean(r["sliced_w2_noise_floor"] for r in rs)})
+        out.append(
+            {
+                "preset": preset,
+                "seeds": len(rs),
+                "steps": rs[0]["steps"],
+                "w2_mean": statistics.mean(w2),
+                "w2_std": statistics.pstdev(w2),
+                "sliced_w2_mean": statistics.mean(sw),
+                "sliced_w2_std": statistics.pstdev(sw),
+                "w2_noise_floor": statistics.mean(r["w2_noise_floor"] for r in rs),
+                "sliced_w2_noise_floor": statistics.mean(r["sliced_w2_noise_floor"] for r in rs),
+            }
+        )
     return out
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| preset | steps | seeds | W2 (mean ± std) | sliced W2 (mean ± std) | W2 noise floor | sliced noise floor |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| preset | steps | seeds | W2 (mean ± std) | sliced W2 (mean ± std) | W2 noise floor | sliced noise floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in table:
-        lines.append(f"| {t['preset']} | {t['steps']} | {t['seeds']} | {t['w2_mean']:.3f} ± {t['w2_std']:.3f} | "
-                     f"{t['sliced_w2_mean']:.3f} ± {t['sliced_w2_std']:.3f} | {t['w2_noise_floor']:.3f} | {t['sliced_w2_noise_floor']:.3f} |")
+        lines.append(
+            f"| {t['preset']} | {t['steps']} | {t['seeds']} | {t['w2_mean']:.3f} ± {t['w2_std']:.3f} | "
+            f"{t['sliced_w2_mean']:.3f} ± {t['sliced_w2_std']:.3f} | {t['w2_noise_floor']:.3f} | {t['sliced_w2_noise_floor']:.3f} |"
+        )
     return "\n".join(lines)
 
 

@@ -47,4 +47,6 @@ for step in range(args.steps):
 z = gcflow.seeded_normal(range(1000), (2,))
 samples = gcflow.sample_onestep(ema, z, sigma_max=80.0)
 data, other = toy.sample(1000, generator=gen), toy.sample(1000, generator=gen)
-print(f"loss {loss.item():.4f}  W2(samples, data) {w2_exact(samples, data):.3f}  noise floor {w2_exact(data, other):.3f}")
+print(
+    f"loss {loss.item():.4f}  W2(samples, data) {w2_exact(samples, data):.3f}  noise floor {w2_exact(data, other):.3f}"
+)

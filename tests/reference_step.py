@@ -37,8 +37,18 @@ class RefBatch:
     dropout_seed: int
 
 
-def reference_draw(data: Tensor, batch: int, n_scales: int, mu: float, *, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                   rho: float = 7.0, p_mean: float = -1.1, p_std: float = 2.0) -> RefBatch:
+def reference_draw(
+    data: Tensor,
+    batch: int,
+    n_scales: int,
+    mu: float,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    p_mean: float = -1.1,
+    p_std: float = 2.0,
+) -> RefBatch:
     """Draw a batch the plain way: random rows of the data, fresh noise, iCT levels, GC rows with probability μ."""
     device = data.device
     x0 = data[torch.randint(0, data.shape[0], (batch,), device=device)]
@@ -77,8 +87,15 @@ def reference_loss(model: nn.Module, ema: nn.Module, b: RefBatch, *, coupling: s
     return (b.weight * dist).mean()
 
 
-def reference_step(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, b: RefBatch, *,
-                   coupling: str = "independent", ema_decay: float = 0.9999) -> float:
+def reference_step(
+    model: nn.Module,
+    ema: nn.Module,
+    opt: torch.optim.Optimizer,
+    b: RefBatch,
+    *,
+    coupling: str = "independent",
+    ema_decay: float = 0.9999,
+) -> float:
     """One optimizer step and EMA update on batch `b`; returns the loss (read back, as for logging)."""
     loss = reference_loss(model, ema, b, coupling=coupling)
     opt.zero_grad()

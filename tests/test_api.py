@@ -14,12 +14,34 @@ import torch
 
 import gcflow
 
-BUILDING_BLOCKS = ["karras_sigmas", "ict_num_scales", "sample_noise_levels", "PairRecipe", "build_pairs",
-                   "consistency_loss", "ema_update", "make_ema", "ConsistencyModel", "get_distance",
-                   "sample_onestep", "sample_multistep", "default_multistep_sigmas", "seeded_normal"]
+BUILDING_BLOCKS = [
+    "karras_sigmas",
+    "ict_num_scales",
+    "sample_noise_levels",
+    "PairRecipe",
+    "build_pairs",
+    "consistency_loss",
+    "ema_update",
+    "make_ema",
+    "ConsistencyModel",
+    "get_distance",
+    "sample_onestep",
+    "sample_multistep",
+    "default_multistep_sigmas",
+    "seeded_normal",
+]
 # Functions whose docstrings document each argument by name (the data classes document their fields).
-DOCUMENTED = ["karras_sigmas", "ict_num_scales", "sample_noise_levels", "consistency_loss", "ema_update",
-              "sample_onestep", "sample_multistep", "default_multistep_sigmas", "seeded_normal"]
+DOCUMENTED = [
+    "karras_sigmas",
+    "ict_num_scales",
+    "sample_noise_levels",
+    "consistency_loss",
+    "ema_update",
+    "sample_onestep",
+    "sample_multistep",
+    "default_multistep_sigmas",
+    "seeded_normal",
+]
 
 
 @pytest.mark.parametrize("name", BUILDING_BLOCKS)
@@ -47,7 +69,9 @@ def test_docstrings_state_every_argument(name):
 
 
 def test_import_gcflow_does_not_load_the_trainer():
-    code = "import sys, gcflow; print(sorted(m for m in sys.modules if m.startswith(('gcflow.training', 'safetensors'))))"
+    code = (
+        "import sys, gcflow; print(sorted(m for m in sys.modules if m.startswith(('gcflow.training', 'safetensors'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
 

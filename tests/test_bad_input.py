@@ -14,12 +14,19 @@ import pytest
 from gcflow.cli import main
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.config import ConfigError
-from gcflow.training.run_dir import RunLock
 from gcflow.training.distributed import split_global_batch
+from gcflow.training.run_dir import RunLock
 from gcflow.training.trainer import train
 
-TINY = ["train.steps=10", "train.batch_size=16", "train.eval_samples=50", "train.checkpoint_every=5",
-        "network.width=8", "network.depth=1", "train.device=cpu"]
+TINY = [
+    "train.steps=10",
+    "train.batch_size=16",
+    "train.eval_samples=50",
+    "train.checkpoint_every=5",
+    "network.width=8",
+    "network.depth=1",
+    "train.device=cpu",
+]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -45,8 +52,12 @@ def existing(tmp_path_factory) -> Path:
     from gcflow.training.config import apply_overrides
     from gcflow.training.presets import load_preset
 
-    return train(apply_overrides(load_preset("toy-ic"), TINY), tmp_path_factory.mktemp("bad") / "run",
-                 progress=False, log=lambda *_: None).run_dir
+    return train(
+        apply_overrides(load_preset("toy-ic"), TINY),
+        tmp_path_factory.mktemp("bad") / "run",
+        progress=False,
+        log=lambda *_: None,
+    ).run_dir
 
 
 # --- Options ------------------------------------------------------------------------------------
@@ -85,7 +96,9 @@ def test_bad_options_fail_before_touching_the_run_folder(capsys, existing, args,
     assert _snapshot(existing) == before
 
 
-@pytest.mark.parametrize("argv", [["train", "--steps", "ten"], ["train", "--mu"], ["sample"], ["sample", "x", "--n", "many"]])
+@pytest.mark.parametrize(
+    "argv", [["train", "--steps", "ten"], ["train", "--mu"], ["sample"], ["sample", "x", "--n", "many"]]
+)
 def test_bad_command_line_syntax_is_one_line(capsys, argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -156,7 +169,9 @@ def _mnist_root(tmp_path: Path, kind: str) -> Path:
 def test_bad_mnist_files(capsys, tmp_path, kind, fragment):
     root = _mnist_root(tmp_path, kind)
     out = tmp_path / "run"
-    line = _fails_with_one_line(capsys, ["train", "--no-progress", "--preset", "mnist-ic", f"data.root={root}", "--out", str(out)])
+    line = _fails_with_one_line(
+        capsys, ["train", "--no-progress", "--preset", "mnist-ic", f"data.root={root}", "--out", str(out)]
+    )
     assert fragment in line, line
     assert _holds_no_run(out)
 
@@ -198,7 +213,16 @@ def _npz(tmp_path: Path, kind: str) -> Path:
 )
 def test_bad_npz_images(capsys, tmp_path, kind, fragment):
     out = tmp_path / "run"
-    argv = ["train", "--no-progress", "--preset", "digits-ic", "data.name=npz", f"data.root={_npz(tmp_path, kind)}", "--out", str(out)]
+    argv = [
+        "train",
+        "--no-progress",
+        "--preset",
+        "digits-ic",
+        "data.name=npz",
+        f"data.root={_npz(tmp_path, kind)}",
+        "--out",
+        str(out),
+    ]
     line = _fails_with_one_line(capsys, argv)
     assert fragment in line, line
     assert _holds_no_run(out)
@@ -207,8 +231,19 @@ def test_bad_npz_images(capsys, tmp_path, kind, fragment):
 def test_dataset_smaller_than_a_batch(capsys, tmp_path):
     path = tmp_path / "small.npz"
     np.savez(path, images=np.zeros((4, 8, 8, 1), np.uint8))
-    line = _fails_with_one_line(capsys, ["train", "--no-progress", "--preset", "digits-ic", "data.name=npz", f"data.root={path}",
-                                         "--out", str(tmp_path / "run")])
+    line = _fails_with_one_line(
+        capsys,
+        [
+            "train",
+            "--no-progress",
+            "--preset",
+            "digits-ic",
+            "data.name=npz",
+            f"data.root={path}",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert "fewer than one batch" in line
 
 
@@ -217,10 +252,14 @@ def test_bad_image_folder(capsys, tmp_path):
     images.mkdir()
     (images / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     base = ["train", "--no-progress", "--preset", "digits-ic", "data.name=folder", f"data.root={images}"]
-    assert "cannot decode image" in _fails_with_one_line(capsys, [*base, "data.resolution=8", "--out", str(tmp_path / "r1")])
+    assert "cannot decode image" in _fails_with_one_line(
+        capsys, [*base, "data.resolution=8", "--out", str(tmp_path / "r1")]
+    )
     assert "needs a resolution" in _fails_with_one_line(capsys, [*base, "--out", str(tmp_path / "r2")])
     (images / "a.png").unlink()
-    assert "no images found" in _fails_with_one_line(capsys, [*base, "data.resolution=8", "--out", str(tmp_path / "r3")])
+    assert "no images found" in _fails_with_one_line(
+        capsys, [*base, "data.resolution=8", "--out", str(tmp_path / "r3")]
+    )
     for name in ("r1", "r2", "r3"):
         assert _holds_no_run(tmp_path / name)
 
@@ -249,7 +288,9 @@ def test_unwritable_or_full_output_folder(capsys, tmp_path, monkeypatch, target,
 
 def test_output_folder_that_is_a_file(capsys, tmp_path):
     (tmp_path / "file").write_text("keep me")
-    assert "is a file" in _fails_with_one_line(capsys, ["train", "--no-progress", "--out", str(tmp_path / "file"), *TINY])
+    assert "is a file" in _fails_with_one_line(
+        capsys, ["train", "--no-progress", "--out", str(tmp_path / "file"), *TINY]
+    )
     assert (tmp_path / "file").read_text() == "keep me"
 
 
@@ -288,8 +329,10 @@ def test_a_running_run_locks_its_folder(capsys, existing):
     """While one process trains in a folder, a second (resume or overwrite) is refused and changes nothing."""
     before = _snapshot(existing)
     with RunLock(existing):  # what a running `gcflow train` holds
-        for argv in (["train", "--no-progress", "--resume", str(existing)],
-                     ["train", "--no-progress", "--out", str(existing), "--overwrite", *TINY]):
+        for argv in (
+            ["train", "--no-progress", "--resume", str(existing)],
+            ["train", "--no-progress", "--out", str(existing), "--overwrite", *TINY],
+        ):
             line = _fails_with_one_line(capsys, argv)
             assert "is in use by another gcflow process" in line, line
         assert (existing / ".lock").exists()
@@ -306,8 +349,12 @@ def other(tmp_path_factory) -> Path:
     from gcflow.training.config import apply_overrides
     from gcflow.training.presets import load_preset
 
-    return train(apply_overrides(load_preset("toy-ic"), TINY + ["network.width=16"]), tmp_path_factory.mktemp("other") / "run",
-                 progress=False, log=lambda *_: None).run_dir
+    return train(
+        apply_overrides(load_preset("toy-ic"), TINY + ["network.width=16"]),
+        tmp_path_factory.mktemp("other") / "run",
+        progress=False,
+        log=lambda *_: None,
+    ).run_dir
 
 
 def test_checkpoint_of_another_config_is_refused(capsys, existing, other, tmp_path):
@@ -316,7 +363,9 @@ def test_checkpoint_of_another_config_is_refused(capsys, existing, other, tmp_pa
     for name in ("ckpt-00000005.safetensors", "ckpt-00000010.safetensors"):
         shutil.copy(other / "checkpoints" / name, run / "checkpoints" / name)
     before = _snapshot(run)
-    assert "was written by another config" in _fails_with_one_line(capsys, ["train", "--no-progress", "--resume", str(run)])
+    assert "was written by another config" in _fails_with_one_line(
+        capsys, ["train", "--no-progress", "--resume", str(run)]
+    )
     assert "was written by another config than" in _fails_with_one_line(capsys, ["sample", str(run), "--n", "4"])
     assert _snapshot(run) == before
 
@@ -330,10 +379,21 @@ def test_checkpoint_of_another_architecture_is_refused(capsys, existing, other, 
     meta = {k: v for k, v in mine.meta.items() if k not in ("checksum", "meta_checksum", "format")}
     forged = ckpt.save_checkpoint(run / "checkpoints", 10, theirs.tensors, meta)
     before = _snapshot(run)
-    for argv in (["train", "--no-progress", "--resume", str(run)], ["sample", str(run), "--n", "4"],
-                 ["sample", str(forged), "--n", "4", "--out", str(tmp_path / "s")],
-                 ["train", "--no-progress", "--out", str(tmp_path / "gc"), *TINY, "method.gc_mu=0.5",
-                  "method.gc_predictor=frozen", f"method.gc_checkpoint={forged}"]):
+    for argv in (
+        ["train", "--no-progress", "--resume", str(run)],
+        ["sample", str(run), "--n", "4"],
+        ["sample", str(forged), "--n", "4", "--out", str(tmp_path / "s")],
+        [
+            "train",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "gc"),
+            *TINY,
+            "method.gc_mu=0.5",
+            "method.gc_predictor=frozen",
+            f"method.gc_checkpoint={forged}",
+        ],
+    ):
         line = _fails_with_one_line(capsys, argv)
         assert "does not fit this run's architecture or config" in line, line
     assert _snapshot(run) == before

@@ -38,7 +38,9 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
     bench.update_benchmarks_md(md, "cpu", "first\n")
     bench.update_benchmarks_md(md, "cpu", bench.markdown(res))
     text = md.read_text()
-    assert text.count("<!-- step:cpu -->") == 1 and "first" not in text and "| IC |" in text and text.endswith("keep me\n")
+    assert (
+        text.count("<!-- step:cpu -->") == 1 and "first" not in text and "| IC |" in text and text.endswith("keep me\n")
+    )
 
 
 def test_targets_are_judged_not_asserted():
@@ -46,5 +48,9 @@ def test_targets_are_judged_not_asserted():
     rows = [{"method": m, "speedup": s} for m, s in (("IC", 1.2), ("OT", 0.9), ("GC", 2.5))]
     cpu = bench.targets("cpu", bench.torch.device("cpu"), {"rows": rows})
     assert [t["met"] for t in cpu] == [True, False, True]
-    gpu = bench.targets("cifar10", bench.torch.device("cuda"), {"rows": rows, "gc_over_ic": {"gcflow": 1.12}, "ot_overhead": {"gcflow": 0.02}})
+    gpu = bench.targets(
+        "cifar10",
+        bench.torch.device("cuda"),
+        {"rows": rows, "gc_over_ic": {"gcflow": 1.12}, "ot_overhead": {"gcflow": 0.02}},
+    )
     assert [(t["target"].split()[0], t["met"]) for t in gpu] == [("GC", True), ("GC", False), ("OT", True)]

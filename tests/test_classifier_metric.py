@@ -162,8 +162,9 @@ def test_cached_classifier_does_not_depend_on_the_callers_thread_count(splits, t
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            extractor, meta = load_or_train_classifier(tmp_path / f"t{threads}" / "digits-8px.safetensors", "digits",
-                                                       small_splits(splits), epochs=1)
+            extractor, meta = load_or_train_classifier(
+                tmp_path / f"t{threads}" / "digits-8px.safetensors", "digits", small_splits(splits), epochs=1
+            )
             assert torch.get_num_threads() == threads
             names.append(extractor.name)
             shas.append(weights_fingerprint(extractor.model))

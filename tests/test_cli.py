@@ -5,7 +5,14 @@ import pytest
 
 from gcflow.cli import main
 
-TINY = ["train.steps=20", "train.batch_size=32", "train.eval_samples=100", "network.width=16", "network.depth=1", "train.checkpoint_every=10"]
+TINY = [
+    "train.steps=20",
+    "train.batch_size=32",
+    "train.eval_samples=100",
+    "network.width=16",
+    "network.depth=1",
+    "train.checkpoint_every=10",
+]
 
 
 def _one_line_error(capsys, code):
@@ -90,5 +97,7 @@ def test_sample_missing_run_is_clear(capsys, tmp_path):
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "gcflow", "train", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "gcflow", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "method.gc_mu" in out and "probability that a sample is a generator-augmented" in out

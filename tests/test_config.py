@@ -7,7 +7,9 @@ from gcflow.training.presets import all_presets, load_preset
 
 
 def test_overrides_are_typed():
-    cfg = apply_overrides(Config(), ["method.gc_mu=0.3", "train.steps=200", "network.channel_mult=1,2,2,2", "data.flip=true"])
+    cfg = apply_overrides(
+        Config(), ["method.gc_mu=0.3", "train.steps=200", "network.channel_mult=1,2,2,2", "data.flip=true"]
+    )
     assert cfg.method.gc_mu == 0.3 and cfg.train.steps == 200
     assert cfg.network.channel_mult == (1, 2, 2, 2) and cfg.data.flip is True
 

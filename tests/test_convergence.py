@@ -8,12 +8,12 @@ above the threshold, so the test cannot pass without learning.
 import pytest
 import torch
 
+from gcflow.toy.mixture import make_toy
+from gcflow.training.builders import build_model
 from gcflow.training.config import apply_overrides
 from gcflow.training.evaluate import ToyEvaluator
-from gcflow.training.builders import build_model
 from gcflow.training.presets import load_preset
 from gcflow.training.trainer import train
-from gcflow.toy.mixture import make_toy
 
 STEPS = ["train.steps=1500", "train.eval_every=0", "train.checkpoint_every=0"]
 THRESHOLD = 1.6  # W2 must be within 1.6× the data-to-data noise floor after 1500 steps

@@ -35,9 +35,18 @@ from gcflow.training.trainer import train
 
 # 48 steps of a tiny toy run, a checkpoint after every step, an evaluation every 8. The kill delays
 # below cannot add up to 48 steps of progress, so the run is always still going at the last kill.
-CRASH_RUN = ["train.steps=48", "train.batch_size=32", "train.eval_every=8", "train.eval_samples=100",
-             "train.checkpoint_every=1", "train.keep_checkpoints=2", "network.width=16", "network.depth=1",
-             "train.log_every=10", "train.device=cpu"]
+CRASH_RUN = [
+    "train.steps=48",
+    "train.batch_size=32",
+    "train.eval_every=8",
+    "train.eval_samples=100",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=2",
+    "network.width=16",
+    "network.depth=1",
+    "train.log_every=10",
+    "train.device=cpu",
+]
 SLOW_WRITE = 0.08  # seconds each checkpoint write stays between its temp file and its rename
 KILLS = 10
 
@@ -91,8 +100,9 @@ class ForkServer:
 
     def __init__(self, cwd: Path) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=cwd, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd, env=env
+        )
         assert self.proc.stdout.readline().strip() == "ready"
 
     def start(self, argv: list[str], log: Path, env: dict[str, str], slow_write: float = 0.0) -> int:
@@ -133,7 +143,9 @@ def _metrics(run: Path) -> list[dict]:
 
 def test_sigkill_at_random_moments_never_loses_or_corrupts_the_run(tmp_path):
     # The uninterrupted reference run, in this process.
-    ref = train(apply_overrides(load_preset("toy-gc"), CRASH_RUN), tmp_path / "ref", progress=False, log=lambda *_: None)
+    ref = train(
+        apply_overrides(load_preset("toy-gc"), CRASH_RUN), tmp_path / "ref", progress=False, log=lambda *_: None
+    )
     ref_tensors = ckpt.load_checkpoint(ckpt.list_checkpoints(ref.run_dir / "checkpoints")[-1]).tensors
 
     run, log = tmp_path / "run", tmp_path / "children.log"
@@ -242,8 +254,11 @@ def test_blind_auto_resume_reruns_survive_sigkill_also_during_start_up(tmp_path)
                     break
                 continue
             started = bool(ckpt.list_checkpoints(run / "checkpoints"))
-            kind = (("config-write", "at-once")[startup % 2] if startup < STARTUP_KILLS and not started
-                    else ("checkpoint-write", "anywhere")[kills % 2])
+            kind = (
+                ("config-write", "at-once")[startup % 2]
+                if startup < STARTUP_KILLS and not started
+                else ("checkpoint-write", "anywhere")[kills % 2]
+            )
             pid = server.start(argv, log, env, SLOW_WRITE)
             _kill_soon(pid, run, kind, rng)
             code = server.wait()
@@ -285,14 +300,28 @@ def _wait_for_checkpoint(ckpt_dir: Path, proc: subprocess.Popen, above: int = 0,
 
 def _gcflow(*args: str, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "gcflow", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gcflow", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly_and_lock_the_folder(tmp_path, capsys):
     run = tmp_path / "run"
-    long_run = ["train.steps=100000", "train.batch_size=32", "train.eval_every=0", "train.eval_samples=100",
-                "train.checkpoint_every=25", "network.width=16", "network.depth=1", "train.device=cpu"]
+    long_run = [
+        "train.steps=100000",
+        "train.batch_size=32",
+        "train.eval_every=0",
+        "train.eval_samples=100",
+        "train.checkpoint_every=25",
+        "network.width=16",
+        "network.depth=1",
+        "train.device=cpu",
+    ]
     proc = _gcflow("train", "--no-progress", "--out", str(run), *long_run, cwd=tmp_path)
     try:
         _wait_for_checkpoint(run / "checkpoints", proc)
@@ -337,8 +366,17 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly_and_lock_the_fold
 def test_stale_lock_and_temp_files_of_a_dead_process_are_taken_over(tmp_path, stale_pid):
     """A lock file and a half-written checkpoint left by a killed process do not block or confuse a resume."""
     run = tmp_path / "run"
-    cfg = apply_overrides(load_preset("toy-ic"), ["train.steps=6", "train.batch_size=16", "train.eval_samples=50",
-                                                  "train.checkpoint_every=2", "network.width=8", "network.depth=1"])
+    cfg = apply_overrides(
+        load_preset("toy-ic"),
+        [
+            "train.steps=6",
+            "train.batch_size=16",
+            "train.eval_samples=50",
+            "train.checkpoint_every=2",
+            "network.width=8",
+            "network.depth=1",
+        ],
+    )
     train(apply_overrides(cfg, ["train.steps=6"]), run, progress=False, log=lambda *_: None)
     (run / "checkpoints" / "ckpt-00000006.safetensors").unlink()
     (run / ".lock").write_text(str(stale_pid))

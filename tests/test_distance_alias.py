@@ -9,8 +9,15 @@ from gcflow.training.config import apply_overrides, load_config, save_config
 from gcflow.training.presets import load_preset
 from gcflow.training.trainer import train
 
-TINY = ["train.steps=12", "train.batch_size=32", "train.eval_every=0", "train.checkpoint_every=12",
-        "network.width=16", "network.depth=1", "train.log_every=6"]
+TINY = [
+    "train.steps=12",
+    "train.batch_size=32",
+    "train.eval_every=0",
+    "train.checkpoint_every=12",
+    "network.width=16",
+    "network.depth=1",
+    "train.log_every=6",
+]
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -37,5 +44,7 @@ def test_l1_and_l2_norm_train_identically(tmp_path):
     assert all(torch.equal(old[k], new[k]) for k in old)
     # ... and the name matters at all: the squared norm trains to different weights.
     cfg = apply_overrides(load_preset("toy-gc"), TINY + ["method.distance=l2"])
-    other = ckpt.load_latest_checkpoint(train(cfg, tmp_path / "l2", progress=False, log=_quiet).run_dir / "checkpoints").tensors
+    other = ckpt.load_latest_checkpoint(
+        train(cfg, tmp_path / "l2", progress=False, log=_quiet).run_dir / "checkpoints"
+    ).tensors
     assert not all(torch.equal(old[k], other[k]) for k in old if k.startswith("model."))

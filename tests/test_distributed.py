@@ -26,8 +26,19 @@ from gcflow.training.presets import load_preset
 from gcflow.training.trainer import train
 
 # Toy GC run (μ = 0.5, EMA predictor): 8 steps, checkpoints at 4 and 8, one evaluation at the end.
-TINY = ["train.steps=8", "train.batch_size=32", "train.eval_every=0", "train.eval_samples=64", "train.checkpoint_every=4",
-        "network.width=16", "network.depth=1", "network.dropout=0", "optim.name=adam", "optim.lr=1e-3", "train.device=cpu"]
+TINY = [
+    "train.steps=8",
+    "train.batch_size=32",
+    "train.eval_every=0",
+    "train.eval_samples=64",
+    "train.checkpoint_every=4",
+    "network.width=16",
+    "network.depth=1",
+    "network.dropout=0",
+    "optim.name=adam",
+    "optim.lr=1e-3",
+    "train.device=cpu",
+]
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
@@ -44,7 +55,9 @@ def _states(result) -> dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, overrides: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     cfg = apply_overrides(load_preset("toy-gc"), overrides)
     res = train(cfg, Path(run_dir), **QUIET)
@@ -69,7 +82,9 @@ def test_two_processes_train_the_single_process_run(tmp_path):
     # DDP keeps the processes bit-identical: same gradients, same updates, same EMA.
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     summary = json.loads((out / "summary0.json").read_text())
-    assert (out / "summary1.json").read_text() == (out / "summary0.json").read_text()  # every process returns rank 0's summary
+    assert (out / "summary1.json").read_text() == (
+        out / "summary0.json"
+    ).read_text()  # every process returns rank 0's summary
     # Rank 0 alone wrote the run folder, and its checkpoint holds what the processes trained.
     final = ckpt.load_latest_checkpoint(tmp_path / "run" / "checkpoints")
     assert final.meta["step"] == 8 and all(torch.equal(final.tensors[k], r0[k]) for k in r0)
@@ -87,7 +102,9 @@ def test_two_processes_train_the_single_process_run(tmp_path):
     assert _close(_states(res), _states(single))
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun not installed"
+)
 def test_documented_torchrun_command(tmp_path):
     """`torchrun --standalone --nproc-per-node=2 -m gcflow train ...` (docs/scaling.md) on the CPU.
 
@@ -96,18 +113,38 @@ def test_documented_torchrun_command(tmp_path):
     """
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [torchrun, "--standalone", "--nproc-per-node=2", "-m", "gcflow", "train", "--preset", "toy-gc", "--no-progress",
-           "--out", str(tmp_path / "run"), *TINY]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "gcflow",
+        "train",
+        "--preset",
+        "toy-gc",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+        *TINY,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("gcflow: finished 8 steps") == 1, done.stdout  # rank 0 alone reports
     assert ckpt.load_latest_checkpoint(tmp_path / "run" / "checkpoints").meta["step"] == 8
-    odd = [o if not o.startswith("train.batch_size=") else "train.batch_size=33" for o in TINY]  # (a key twice is an error)
-    bad = subprocess.run([*cmd[:-len(TINY)], *odd, "--overwrite"], capture_output=True, text=True, env=env, timeout=240)
+    odd = [
+        o if not o.startswith("train.batch_size=") else "train.batch_size=33" for o in TINY
+    ]  # (a key twice is an error)
+    bad = subprocess.run(
+        [*cmd[: -len(TINY)], *odd, "--overwrite"], capture_output=True, text=True, env=env, timeout=240
+    )
     assert bad.returncode != 0
     errors = [line for line in bad.stderr.splitlines() if line.startswith("gcflow: error:")]
-    assert errors == ["gcflow: error: train.batch_size=33 is not divisible by the 2 processes; use a multiple of 2 such as train.batch_size=32"], bad.stderr[-2000:]
-    assert ckpt.load_latest_checkpoint(tmp_path / "run" / "checkpoints").meta["step"] == 8  # --overwrite never got to act
+    assert errors == [
+        "gcflow: error: train.batch_size=33 is not divisible by the 2 processes; use a multiple of 2 such as train.batch_size=32"
+    ], bad.stderr[-2000:]
+    assert (
+        ckpt.load_latest_checkpoint(tmp_path / "run" / "checkpoints").meta["step"] == 8
+    )  # --overwrite never got to act
 
 
 def test_world_from_torchrun_environment():

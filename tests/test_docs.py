@@ -46,8 +46,11 @@ def test_readme_theory_numbers_are_the_measured_ones():
 
     section = _theory_section((ROOT / "README.md").read_text())
     studies = json.loads((ROOT / "benchmarks" / "results" / "theory.json").read_text())["studies"]
-    table = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
-             if line.startswith("| ") and "---" not in line]
+    table = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
     rows = [cells for cells in table if len(cells) == 4][1:]  # the claims table, without its header
     assert len(rows) >= 8
     for cells in rows:
@@ -57,6 +60,7 @@ def test_readme_theory_numbers_are_the_measured_ones():
         measured = " ".join(c["measured"] + " " + c["claim"] for c in study["claims"])
         for number in re.findall(r"\d+\.\d+(?:e-\d+)?|\d+e-\d+", cells[2]):
             assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", measured), (
-                f"README quotes {number} for {folder}, which its results in theory.json do not contain")
+                f"README quotes {number} for {folder}, which its results in theory.json do not contain"
+            )
     for fig in re.findall(r"\]\((docs/figures/theory/[^)]+)\)", section):
         assert (ROOT / fig).is_file(), f"README shows {fig}, which does not exist"

@@ -6,7 +6,9 @@ from gcflow.dropout import SharedDropout
 
 def _net():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Dropout(0.5), torch.nn.Linear(64, 64), torch.nn.Dropout(0.3)).train()
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 64), torch.nn.Dropout(0.5), torch.nn.Linear(64, 64), torch.nn.Dropout(0.3)
+    ).train()
 
 
 def test_shared_dropout_gives_identical_masks():

@@ -36,7 +36,9 @@ def test_gaussian_closed_form(gen: torch.Generator) -> None:
     assert (f - closed).abs().max() < 1e-5
     # The closed form itself: identity at σ_min, and it maps N(m, (s²+σ²)I) to N(m, (s²+σ_min²)I).
     assert torch.allclose(gaussian_consistency_map(x, SIGMA_MIN, 0.0, 0.7, SIGMA_MIN), x)
-    big = GaussianMixture.create(torch.zeros(1, 1), 0.7).sample(20000, gen) + 5.0 * torch.randn(20000, 1, generator=gen, dtype=torch.float64)
+    big = GaussianMixture.create(torch.zeros(1, 1), 0.7).sample(20000, gen) + 5.0 * torch.randn(
+        20000, 1, generator=gen, dtype=torch.float64
+    )
     mapped = gaussian_consistency_map(big, 5.0, 0.0, 0.7, SIGMA_MIN)
     assert mapped.std().item() == pytest.approx(math.sqrt(0.49 + SIGMA_MIN**2), rel=0.03)
 

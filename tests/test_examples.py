@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_own_loop_trains_the_toy():
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "own_loop.py"), "--steps", "300"],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "own_loop.py"), "--steps", "300"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     m = re.search(r"loss (\S+)  W2\(samples, data\) (\S+)  noise floor (\S+)", out)
     assert m, out
     loss, w2, floor = map(float, m.groups())

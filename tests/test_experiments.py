@@ -19,10 +19,45 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated
 
 TINY: dict[str, list[str]] = {
     "exact-map": ["n_check=40", "fixed_steps=200", "n_speed=200", "n_digits=40", "toys=two-modes"],
-    "theorem1": ["samples=512", "n_max=40", "grad_samples=256", "grad_chunks=4", "grad_ns=10,20", "width=8", "depth=1", "distances=l2,pseudo_huber:0.1,l1"],
-    "discrepancy": ["sigmas=0.1,2", "ot_batches=32", "n_exact=500", "n_kernel=150", "n_train=200", "n_test=100", "mlp_steps=10", "predictor_steps=10"],
-    "transport": ["n=256", "ot_batches=32,64", "levels=4", "model_steps=10", "digits_n=128", "digits_curve_n=4", "digits_levels=3"],
-    "convergence": ["seeds=0,1", "methods=IC,GC", "steps=20", "eval_every=10", "batch_size=32", "n_error=16", "eval_samples=64", "sigmas=0.5,5"],
+    "theorem1": [
+        "samples=512",
+        "n_max=40",
+        "grad_samples=256",
+        "grad_chunks=4",
+        "grad_ns=10,20",
+        "width=8",
+        "depth=1",
+        "distances=l2,pseudo_huber:0.1,l1",
+    ],
+    "discrepancy": [
+        "sigmas=0.1,2",
+        "ot_batches=32",
+        "n_exact=500",
+        "n_kernel=150",
+        "n_train=200",
+        "n_test=100",
+        "mlp_steps=10",
+        "predictor_steps=10",
+    ],
+    "transport": [
+        "n=256",
+        "ot_batches=32,64",
+        "levels=4",
+        "model_steps=10",
+        "digits_n=128",
+        "digits_curve_n=4",
+        "digits_levels=3",
+    ],
+    "convergence": [
+        "seeds=0,1",
+        "methods=IC,GC",
+        "steps=20",
+        "eval_every=10",
+        "batch_size=32",
+        "n_error=16",
+        "eval_samples=64",
+        "sigmas=0.5,5",
+    ],
     "modes": ["mus=0,1", "steps=20", "eval_every=10", "batch_size=32", "samples=100", "shift_sigmas=0.5", "shift_n=64"],
 }
 FAST = {"exact-map", "theorem1"}
@@ -86,7 +121,9 @@ def test_list_and_options(capsys: pytest.CaptureFixture[str]) -> None:
         (["experiment"], "name an experiment"),
     ],
 )
-def test_bad_invocations_are_one_line_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_bad_invocations_are_one_line_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
@@ -133,8 +170,14 @@ def _modes_results(w2_mu1: list[float]) -> ModesResults:
 
     def entry(w2: list[float]) -> dict:
         n = len(w2)
-        return {"steps": [100 * (i + 1) for i in range(n)], "covered": [25] * n, "in_modes": [0.9] * n,
-                "kl_to_uniform": [0.01] * n, "final_counts": [4] * 25, "w2": w2}
+        return {
+            "steps": [100 * (i + 1) for i in range(n)],
+            "covered": [25] * n,
+            "in_modes": [0.9] * n,
+            "kl_to_uniform": [0.01] * n,
+            "final_counts": [4] * 25,
+            "w2": w2,
+        }
 
     shift = {EXACT_LABEL: {"w2": [0.1], "sliced_w2": [0.1], "floor_w2": [0.05]}}
     runs = {"mu=0": entry([1.0, 0.5, 0.2, 0.2]), "mu=1": entry(w2_mu1)}

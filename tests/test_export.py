@@ -17,8 +17,15 @@ from gcflow.export import export_run, is_export, load_exported
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.checkpoint import CheckpointError
 
-TINY = ["train.steps=20", "train.batch_size=32", "train.eval_samples=100", "network.width=16", "network.depth=1",
-        "train.checkpoint_every=10", "train.device=cpu"]
+TINY = [
+    "train.steps=20",
+    "train.batch_size=32",
+    "train.eval_samples=100",
+    "network.width=16",
+    "network.depth=1",
+    "train.checkpoint_every=10",
+    "train.device=cpu",
+]
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ import torch
 from gcflow.ema import make_ema
 from gcflow.training.builders import build_model, build_optimizer, set_memory_format
 from gcflow.training.config import apply_overrides
-from gcflow.training.presets import load_preset
-from gcflow.training.step import TrainStep
 from gcflow.training.distributed import World
 from gcflow.training.faults import TrainingError, new_fault_record, raise_on_fault, record_fault
 from gcflow.training.predictor import build_gc_predictor
+from gcflow.training.presets import load_preset
+from gcflow.training.step import TrainStep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -27,11 +27,21 @@ from reference_step import RefBatch, reference_loss  # noqa: E402
 from step import RandomImages  # noqa: E402
 
 SHAPE = (1, 8, 8)
-NET = ["network.channels=16", "network.channel_mult=1,2", "network.num_blocks=1", "network.attn_resolutions=4",
-       "train.batch_size=16", "train.steps=100", "train.device=cpu"]
+NET = [
+    "network.channels=16",
+    "network.channel_mult=1,2",
+    "network.num_blocks=1",
+    "network.attn_resolutions=4",
+    "train.batch_size=16",
+    "train.steps=100",
+    "train.device=cpu",
+]
 METHOD = {"IC": [], "OT": ["method.coupling=ot"], "GC": ["method.gc_mu=0.5"]}
 CPU = torch.device("cpu")
-DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = [
+    pytest.param("cpu"),
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
@@ -52,8 +62,16 @@ def _parts(method: str, extra: list[str] = (), perturb: bool = False, device: st
     ema = make_ema(model)
     opt = build_optimizer(model, cfg)
     predictor = build_gc_predictor(cfg, model, ema, dev) if cfg.method.gc_mu > 0 else None
-    step = TrainStep(cfg, RandomImages(SHAPE, cfg.train.batch_size, dev), model, ema, opt, device=dev,
-                     decay=cfg.optim.ema_decay, predictor=predictor)
+    step = TrainStep(
+        cfg,
+        RandomImages(SHAPE, cfg.train.batch_size, dev),
+        model,
+        ema,
+        opt,
+        device=dev,
+        decay=cfg.optim.ema_decay,
+        predictor=predictor,
+    )
     return cfg, step, reference
 
 
@@ -61,22 +79,31 @@ def _grads(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in module.parameters()])
 
 
-@pytest.mark.parametrize("method, extra", [("IC", ["network.dropout=0.1", "train.channels_last=false"]),
-                                           ("OT", ["network.dropout=0.1", "train.channels_last=false"]),
-                                           ("GC", ["network.dropout=0.1", "train.channels_last=false"]),
-                                           ("GC", ["network.dropout=0"])],  # channels-last against the NCHW reference
-                         ids=["IC", "OT", "GC", "GC-channels-last"])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("IC", ["network.dropout=0.1", "train.channels_last=false"]),
+        ("OT", ["network.dropout=0.1", "train.channels_last=false"]),
+        ("GC", ["network.dropout=0.1", "train.channels_last=false"]),
+        ("GC", ["network.dropout=0"]),
+    ],  # channels-last against the NCHW reference
+    ids=["IC", "OT", "GC", "GC-channels-last"],
+)
 def test_fast_step_and_reference_step_compute_the_same_loss_and_gradient(method, extra):
     cfg, step, ref_model = _parts(method, ["train.precision=fp32", *extra], perturb=True)
     inp = step.inputs(3)
     loss, _ = step.forward_backward(3)
     ref_ema = copy.deepcopy(ref_model).eval().requires_grad_(False)  # the EMA equals the model at init
     ref_model.train()
-    batch = RefBatch(inp.x0.contiguous(), inp.z.contiguous(), inp.sigma_i, inp.sigma_next, inp.weight, inp.gc_mask, inp.dropout.seed)
+    batch = RefBatch(
+        inp.x0.contiguous(), inp.z.contiguous(), inp.sigma_i, inp.sigma_next, inp.weight, inp.gc_mask, inp.dropout.seed
+    )
     ref = reference_loss(ref_model, ref_ema, batch, coupling=cfg.method.coupling)
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
-    assert torch.allclose(_grads(step.model), _grads(ref_model), rtol=1e-4, atol=1e-6 * float(_grads(ref_model).abs().max()))
+    assert torch.allclose(
+        _grads(step.model), _grads(ref_model), rtol=1e-4, atol=1e-6 * float(_grads(ref_model).abs().max())
+    )
     step.close()
 
 
@@ -142,16 +169,34 @@ def test_fast_step_matches_reference_on_cuda():
         inp = step.inputs(3)
         loss, _ = step.forward_backward(3)
         ref_ema = copy.deepcopy(ref_model).eval().requires_grad_(False)
-        batch = RefBatch(inp.x0.contiguous(), inp.z.contiguous(), inp.sigma_i, inp.sigma_next, inp.weight,
-                         inp.gc_mask.cuda(), inp.dropout.seed)
+        batch = RefBatch(
+            inp.x0.contiguous(),
+            inp.z.contiguous(),
+            inp.sigma_i,
+            inp.sigma_next,
+            inp.weight,
+            inp.gc_mask.cuda(),
+            inp.dropout.seed,
+        )
         assert loss.item() == pytest.approx(reference_loss(ref_model.train(), ref_ema, batch).item(), rel=1e-4)
     finally:
         torch.backends.cudnn.allow_tf32 = allow
 
 
 @needs_cuda
-@pytest.mark.parametrize("method", ["IC", pytest.param("GC", marks=pytest.mark.xfail(
-    strict=False, reason="gcflow.pairs.gc.generator_augment gathers with host indices through a blocking copy"))])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "IC",
+        pytest.param(
+            "GC",
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="gcflow.pairs.gc.generator_augment gathers with host indices through a blocking copy",
+            ),
+        ),
+    ],
+)
 def test_cuda_hot_loop_never_waits_for_the_device(method):
     """forward_backward + update queue their work without a host-device synchronisation (bf16, channels-last)."""
     _, step, _ = _parts(method, ["train.precision=bf16"], device="cuda")

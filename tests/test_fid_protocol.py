@@ -32,15 +32,50 @@ def test_released_protocol_clips_then_truncates():
 def test_evaluate_records_the_protocol(tmp_path, monkeypatch):
     monkeypatch.setenv("GCFLOW_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    assert main(["train", "--preset", "digits-gc", "--out", str(run), "--no-progress", "network.channels=8",
-                 "train.steps=2", "train.batch_size=16", "train.eval_samples=32", "train.checkpoint_every=2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "digits-gc",
+                "--out",
+                str(run),
+                "--no-progress",
+                "network.channels=8",
+                "train.steps=2",
+                "train.batch_size=16",
+                "train.eval_samples=32",
+                "train.checkpoint_every=2",
+            ]
+        )
+        == 0
+    )
     ref = tmp_path / "digits-ref.npz"
     assert main(["fid-ref", "digits", "--out", str(ref)]) == 0
     results = {}
     for protocol in ("gcflow", "released"):
         out = tmp_path / f"{protocol}.json"
-        assert main(["evaluate", str(run), "--ref", str(ref), "--num-samples", "64", "--draws", "1",
-                     "--kid-subsets", "0", "--fid-protocol", protocol, "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(run),
+                    "--ref",
+                    str(ref),
+                    "--num-samples",
+                    "64",
+                    "--draws",
+                    "1",
+                    "--kid-subsets",
+                    "0",
+                    "--fid-protocol",
+                    protocol,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         results[protocol] = json.loads(out.read_text())
         assert results[protocol]["fid_protocol"] == protocol
     assert results["gcflow"]["fid_mean"] != results["released"]["fid_mean"]  # same samples, other quantisation

@@ -265,7 +265,9 @@ def test_evaluate_generator_seeds_draws_and_ranking(reference):
     assert {"kid_mean", "kid_std", "is_mean", "is_std"} <= set(out)
 
     # Batch size does not change the numbers (sample i depends only on seed i).
-    again = evaluate_generator(gaussian_images, PixelExtractor(), reference, num_samples=500, draws=3, batch=77, **kid_opts)
+    again = evaluate_generator(
+        gaussian_images, PixelExtractor(), reference, num_samples=500, draws=3, batch=77, **kid_opts
+    )
     np.testing.assert_allclose(again["fid_draws"], out["fid_draws"], rtol=1e-6)
 
     shifted_fn = lambda s, n: gaussian_images(s, n, shift=25.0)  # noqa: E731

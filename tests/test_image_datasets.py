@@ -16,8 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from gcflow.data import DatasetError, ImageDataset, load_image_dataset, save_prepared_npz, to_uint8, to_unit_range
-from gcflow.data import cifar, idx
+from gcflow.data import (
+    DatasetError,
+    ImageDataset,
+    cifar,
+    idx,
+    load_image_dataset,
+    save_prepared_npz,
+    to_uint8,
+    to_unit_range,
+)
 
 REAL_MNIST = Path("/work/shared/data/mnist")
 

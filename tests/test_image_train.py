@@ -9,8 +9,15 @@ from gcflow.training.presets import load_preset
 from gcflow.training.run_state import load_run
 from gcflow.training.trainer import train
 
-TINY = ["network.channels=8", "network.num_blocks=1", "train.steps=12", "train.batch_size=32", "train.eval_every=6",
-        "train.eval_samples=64", "train.checkpoint_every=6"]
+TINY = [
+    "network.channels=8",
+    "network.num_blocks=1",
+    "train.steps=12",
+    "train.batch_size=32",
+    "train.eval_every=6",
+    "train.eval_samples=64",
+    "train.checkpoint_every=6",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +43,13 @@ def test_tiny_digits_run(tmp_path, cache, preset):
     records = [r for r in records if r.get("kind") != "train"]  # the evaluations
     assert [r["step"] for r in records] == [6, 12]
     last = records[-1]
-    for key in ("classifier_fd", "classifier_fd_noise_floor", "pixel_sliced_w2", "pixel_sliced_w2_noise_floor", "classifier_test_accuracy"):
+    for key in (
+        "classifier_fd",
+        "classifier_fd_noise_floor",
+        "pixel_sliced_w2",
+        "pixel_sliced_w2_noise_floor",
+        "classifier_test_accuracy",
+    ):
         assert key in last, key
     # An untrained generator is far from the data; real held-out digits are close.
     assert last["classifier_fd"] > 2 * last["classifier_fd_noise_floor"]

@@ -26,8 +26,17 @@ from gcflow.teacher.edm_loss import Denoiser
 from gcflow.teacher.edm_pickle import EDMPickleError, Opaque, PersistentObject, safe_load
 from gcflow.teacher.import_edm import import_edm_bytes, load_teacher, read_edm_network
 
-CFG = dict(img_resolution=8, in_channels=3, out_channels=3, model_channels=16, channel_mult=[1, 2], num_blocks=1,
-           attn_resolutions=[4], channel_mult_emb=4, augment_dim=9)
+CFG = dict(
+    img_resolution=8,
+    in_channels=3,
+    out_channels=3,
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channel_mult_emb=4,
+    augment_dim=9,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,10 +73,17 @@ class Node:
         self.modules, self.attrs, self.init_kwargs = modules or {}, attrs or {}, init_kwargs or {}
 
     def __reduce_ex__(self, protocol):
-        state = {"training": False, "_parameters": OrderedDict(self.params), "_buffers": OrderedDict(self.buffers),
-                 "_non_persistent_buffers_set": set(), "_backward_hooks": OrderedDict(),
-                 "_forward_hooks": OrderedDict(), "_forward_pre_hooks": OrderedDict(),
-                 "_modules": OrderedDict(self.modules), **self.attrs}
+        state = {
+            "training": False,
+            "_parameters": OrderedDict(self.params),
+            "_buffers": OrderedDict(self.buffers),
+            "_non_persistent_buffers_set": set(),
+            "_backward_hooks": OrderedDict(),
+            "_forward_hooks": OrderedDict(),
+            "_forward_pre_hooks": OrderedDict(),
+            "_modules": OrderedDict(self.modules),
+            **self.attrs,
+        }
         state.update(_init_args=(), _init_kwargs=dict(self.init_kwargs))
         meta = dict(type="class", version=6, module_src=MODULE_SRC[0], class_name=self.class_name, state=state)
         return (sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (meta,))
@@ -99,15 +115,23 @@ def _edm_songunet(cfg, label_dim, gen):
         return Node("Linear", params={"weight": rand(o, i), "bias": rand(o) if bias else None})
 
     def conv(i, o, k, resample=False):
-        return Node("Conv2d", params={"weight": rand(o, i, k, k), "bias": rand(o)},
-                    buffers={"resample_filter": filt.clone() if resample else None})
+        return Node(
+            "Conv2d",
+            params={"weight": rand(o, i, k, k), "bias": rand(o)},
+            buffers={"resample_filter": filt.clone() if resample else None},
+        )
 
     def gn(c):
         return Node("GroupNorm", params={"weight": rand(c), "bias": rand(c)}, attrs={"eps": 1e-6})
 
     def block(i, o, resample=False, attn=False):
-        mods = {"norm0": gn(i), "conv0": conv(i, o, 3, resample), "affine": linear(emb, o), "norm1": gn(o),
-                "conv1": conv(o, o, 3)}
+        mods = {
+            "norm0": gn(i),
+            "conv0": conv(i, o, 3, resample),
+            "affine": linear(emb, o),
+            "norm1": gn(o),
+            "conv1": conv(o, o, 3),
+        }
         if i != o or resample:
             mods["skip"] = conv(i, o, 1, resample)
         if attn:
@@ -138,14 +162,26 @@ def _edm_songunet(cfg, label_dim, gen):
             cout = mc * mult
         if level == 0:
             dec[f"{res}x{res}_aux_norm"], dec[f"{res}x{res}_aux_conv"] = gn(cout), conv(cout, cfg["out_channels"], 3)
-    mods = {"map_noise": Node("PositionalEmbedding", attrs={"num_channels": mc, "endpoint": True}),
-            "map_label": linear(label_dim, mc) if label_dim else None,
-            "map_augment": linear(cfg["augment_dim"], mc, bias=False),
-            "map_layer0": linear(mc, emb), "map_layer1": linear(emb, emb),
-            "enc": _module_dict(enc), "dec": _module_dict(dec)}
+    mods = {
+        "map_noise": Node("PositionalEmbedding", attrs={"num_channels": mc, "endpoint": True}),
+        "map_label": linear(label_dim, mc) if label_dim else None,
+        "map_augment": linear(cfg["augment_dim"], mc, bias=False),
+        "map_layer0": linear(mc, emb),
+        "map_layer1": linear(emb, emb),
+        "enc": _module_dict(enc),
+        "dec": _module_dict(dec),
+    }
     mods = {k: v for k, v in mods.items() if v is not None}
-    kwargs = dict(cfg, label_dim=label_dim, embedding_type="positional", encoder_type="standard",
-                  decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1], dropout=0.13)
+    kwargs = dict(
+        cfg,
+        label_dim=label_dim,
+        embedding_type="positional",
+        encoder_type="standard",
+        decoder_type="standard",
+        channel_mult_noise=1,
+        resample_filter=[1, 1],
+        dropout=0.13,
+    )
     return Node("SongUNet", modules=mods, init_kwargs=kwargs)
 
 
@@ -170,14 +206,27 @@ def _snapshot(monkeypatch, marker_dir: Path, label_dim=0, seed=0, precond_class=
     _fake_persistence(monkeypatch)
     MODULE_SRC[0] = f"open({str(marker_dir / 'persistence-source-ran')!r}, 'w').write('x')\nclass SongUNet: pass\n"
     model = _edm_songunet(CFG, label_dim, torch.Generator().manual_seed(seed))
-    precond = Node(precond_class, modules={"model": model}, attrs={"sigma_data": 0.5},
-                   init_kwargs={"img_resolution": 8, "img_channels": 3, "label_dim": label_dim, "sigma_data": 0.5,
-                                "sigma_max": float("inf"), "model_type": "SongUNet",
-                                **({"sigma_min": 0.003} if precond_class == "ECMPrecond" else {})})
+    precond = Node(
+        precond_class,
+        modules={"model": model},
+        attrs={"sigma_data": 0.5},
+        init_kwargs={
+            "img_resolution": 8,
+            "img_channels": 3,
+            "label_dim": label_dim,
+            "sigma_data": 0.5,
+            "sigma_max": float("inf"),
+            "model_type": "SongUNet",
+            **({"sigma_min": 0.003} if precond_class == "ECMPrecond" else {}),
+        },
+    )
     loss = Node("EDMLoss", attrs={"P_mean": -1.2, "P_std": 1.2, "sigma_data": 0.5})
-    data = {"ema": precond, "loss_fn": loss,
-            "augment_pipe": ExecPayload(f"open({str(marker_dir / 'exec-ran')!r}, 'w').write('x')"),
-            "dataset_kwargs": {"class_name": "training.dataset.ImageFolderDataset", "path": "cifar10.zip"}}
+    data = {
+        "ema": precond,
+        "loss_fn": loss,
+        "augment_pipe": ExecPayload(f"open({str(marker_dir / 'exec-ran')!r}, 'w').write('x')"),
+        "dataset_kwargs": {"class_name": "training.dataset.ImageFolderDataset", "path": "cifar10.zip"},
+    }
     return pickle.dumps(data), _tensors(model)
 
 
@@ -258,8 +307,13 @@ def test_import_reproduces_edm_weights_and_outputs_without_executing(monkeypatch
     tensors, meta = import_edm_bytes(data, "snap.pkl")
     assert not list(tmp_path.iterdir()), "nothing from the file may run"
     assert meta["network"]["noise_label_scale"] == 1.0 and meta["network"]["num_classes"] == label_dim
-    assert meta["precond"] == {"kind": "edm", "class": "EDMPrecond", "sigma_data": 0.5, "sigma_min": 0.0,
-                               "sigma_max": None}
+    assert meta["precond"] == {
+        "kind": "edm",
+        "class": "EDMPrecond",
+        "sigma_data": 0.5,
+        "sigma_min": 0.0,
+        "sigma_max": None,
+    }
     # Same weights: renamed layers explicitly, the rest by identical names; nothing but map_augment lost.
     assert torch.equal(tensors["enc_in.weight"], edm["enc.8x8_conv.weight"])
     assert torch.equal(tensors["out_conv.bias"], edm["dec.8x8_aux_conv.bias"])

@@ -69,9 +69,23 @@ def test_foreach_lion_state_interchanges_with_the_per_tensor_class():
 
 def test_lion_benchmark_runs(tmp_path):
     out = tmp_path / "lion.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "lion.py"), "--sizes", "digits", "--rounds", "2", "--steps", "1",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "lion.py"),
+        "--sizes",
+        "digits",
+        "--rounds",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     res = json.loads(out.read_text())["sizes"]["digits"]
-    assert res["tensors"] > 100 and set(res["ms_per_step"]) == {"gcflow", "lion_pytorch.foreach", "lion_pytorch (per tensor)"}
+    assert res["tensors"] > 100 and set(res["ms_per_step"]) == {
+        "gcflow",
+        "lion_pytorch.foreach",
+        "lion_pytorch (per tensor)",
+    }
     assert res["ratio_to_gcflow"]["gcflow"] == 1.0 and all(v > 0 for v in res["ms_per_step"].values())

@@ -91,15 +91,20 @@ def test_every_denoiser_branch_matches_the_posterior_formula(kind):
     """The shortcut branches (shared variance, Dirac, uniform weights) against the textbook posterior mean."""
     gen = torch.Generator().manual_seed(3)
     means = torch.randn(6, 3, generator=gen, dtype=torch.float64)
-    stds = {"shared": torch.tensor(0.2, dtype=torch.float64), "dirac": torch.tensor(0.0, dtype=torch.float64),
-            "per-component": torch.rand(6, generator=gen, dtype=torch.float64),
-            "diagonal": torch.rand(6, 3, generator=gen, dtype=torch.float64)}[kind]
+    stds = {
+        "shared": torch.tensor(0.2, dtype=torch.float64),
+        "dirac": torch.tensor(0.0, dtype=torch.float64),
+        "per-component": torch.rand(6, generator=gen, dtype=torch.float64),
+        "diagonal": torch.rand(6, 3, generator=gen, dtype=torch.float64),
+    }[kind]
     for w in (None, torch.rand(6, generator=gen, dtype=torch.float64)):
         mix = GaussianMixture.create(means, stds, None if w is None else w / w.sum())
         x = torch.randn(40, 3, generator=gen, dtype=torch.float64)
         sig = torch.rand(40, generator=gen, dtype=torch.float64) + 0.05
         v = mix.stds[None] ** 2 + sig[:, None, None] ** 2  # (B, K, d)
-        log_joint = torch.log(mix.weights)[None] + torch.distributions.Normal(mix.means[None], v.sqrt()).log_prob(x[:, None]).sum(-1)
+        log_joint = torch.log(mix.weights)[None] + torch.distributions.Normal(mix.means[None], v.sqrt()).log_prob(
+            x[:, None]
+        ).sum(-1)
         r = torch.softmax(log_joint, dim=1)[:, :, None]
         expected = (r * (mix.means[None] * sig[:, None, None] ** 2 + x[:, None] * mix.stds[None] ** 2) / v).sum(1)
         assert torch.allclose(mix.denoise(x, sig), expected, rtol=1e-10, atol=1e-12)

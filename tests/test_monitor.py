@@ -17,9 +17,18 @@ from gcflow.training.run_state import read_metrics
 from gcflow.training.step import TrainStep, draw_inputs
 from gcflow.training.trainer import train
 
-TINY = ["train.steps=12", "train.batch_size=32", "train.eval_every=6", "train.eval_samples=100",
-        "train.checkpoint_every=12", "network.width=16", "network.depth=1", "train.log_every=4",
-        "train.device=cpu", "train.tensorboard=off"]
+TINY = [
+    "train.steps=12",
+    "train.batch_size=32",
+    "train.eval_every=6",
+    "train.eval_samples=100",
+    "train.checkpoint_every=12",
+    "network.width=16",
+    "network.depth=1",
+    "train.log_every=4",
+    "train.device=cpu",
+    "train.tensorboard=off",
+]
 
 
 def _records(run):
@@ -135,14 +144,25 @@ def test_a_stop_mid_window_is_taken_back_on_resume(tmp_path):
 
 
 def test_eval_line_shows_metrics_with_their_floors():
-    rec = {"kind": "eval", "images": 10, "n_scales": 20, "loss": 0.0123, "w2": 0.201, "w2_noise_floor": 0.153,
-           "sliced_w2": 0.101, "seconds": 3.0}
+    rec = {
+        "kind": "eval",
+        "images": 10,
+        "n_scales": 20,
+        "loss": 0.0123,
+        "w2": 0.201,
+        "w2_noise_floor": 0.153,
+        "sliced_w2": 0.101,
+        "seconds": 3.0,
+    }
     assert mon.eval_line(1000, rec) == "step 1000  loss 0.0123  w2 0.201 (floor 0.153)  sliced_w2 0.101"
 
 
 def test_curves_of_a_key_both_kinds_hold_come_from_the_training_records():
-    records = [{"step": 5, "kind": "train", "loss": 2.0}, {"step": 10, "kind": "train", "loss": 1.0},
-               {"step": 10, "kind": "eval", "loss": 1.5, "w2": 0.3}]
+    records = [
+        {"step": 5, "kind": "train", "loss": 2.0},
+        {"step": 10, "kind": "train", "loss": 1.0},
+        {"step": 10, "kind": "eval", "loss": 1.5, "w2": 0.3},
+    ]
     assert _points(records, "loss") == [(5, 2.0), (10, 1.0)]
     assert _points(records, "w2") == [(10, 0.3)]
     assert _points([{"step": 10, "loss": 1.5}], "loss") == [(10, 1.5)]  # runs written before training records
@@ -181,7 +201,8 @@ def test_a_run_writes_tensorboard_curves_samples_and_config(tmp_path):
     acc.Reload()
     tags = acc.Tags()
     assert {"train/loss", "train/grad_norm", "train/lr", "train/images_per_s", "eval/w2", "eval/loss"} <= set(
-        tags["scalars"])
+        tags["scalars"]
+    )
     assert [e.step for e in acc.Scalars("train/loss")] == [4, 6, 8, 12]
     assert [e.step for e in acc.Scalars("eval/w2")] == [6, 12]
     assert [e.step for e in acc.Images("samples")] == [6, 12]
@@ -222,9 +243,11 @@ def test_cuda_training_records_never_wait_for_the_device():
 def test_report_of_a_running_run_takes_final_metrics_from_its_evaluations(tmp_path):
     from gcflow.report import RunRecords, curve_keys, final_metrics
 
-    recs = [{"step": 10, "kind": "train", "loss": 0.5, "grad_norm": 3.0, "images_per_s": 900.0},
-            {"step": 10, "kind": "eval", "loss": 0.6, "w2": 0.3},
-            {"step": 15, "kind": "train", "loss": 0.4, "grad_norm": 2.0, "partial": True, "loss_sum": 2.0}]
+    recs = [
+        {"step": 10, "kind": "train", "loss": 0.5, "grad_norm": 3.0, "images_per_s": 900.0},
+        {"step": 10, "kind": "eval", "loss": 0.6, "w2": 0.3},
+        {"step": 15, "kind": "train", "loss": 0.4, "grad_norm": 2.0, "partial": True, "loss_sum": 2.0},
+    ]
     run = RunRecords("r", tmp_path, {}, recs, None)
     assert final_metrics(run) == {"step": 10, "loss": 0.6, "w2": 0.3}
     assert curve_keys([run]) == ["loss", "grad_norm", "images_per_s", "w2"]

@@ -7,6 +7,7 @@ shrunk paper preset.
 
 import pytest
 import torch
+from lion_pytorch.foreach import Lion
 from parity_reference import Draws, RefConfig, ReferenceLoop, draw, grid, level_probs, num_scales
 
 from gcflow.distances import pseudo_huber
@@ -17,7 +18,6 @@ from gcflow.pairs.ct import ct_pairs
 from gcflow.pairs.gc import generator_augment
 from gcflow.precond import ConsistencyModel
 from gcflow.sigmas import ict_num_scales, karras_sigmas, level_weights, lognormal_level_probs
-from lion_pytorch.foreach import Lion
 
 CFG = RefConfig(steps=20, s1=160, lr=1e-3, mu=0.5)
 

@@ -28,18 +28,63 @@ from gcflow.training.predictor import build_gc_predictor
 from gcflow.training.presets import load_preset
 from gcflow.training.step import TrainStep, draw_inputs
 
-SHRINK = ["network.channels=8", "network.channel_mult=1,2", "network.num_blocks=1", "network.attn_resolutions=none",
-          "train.batch_size=8", "train.steps=20", "train.channels_last=false", "train.seed=5"]
+SHRINK = [
+    "network.channels=8",
+    "network.channel_mult=1,2",
+    "network.num_blocks=1",
+    "network.attn_resolutions=none",
+    "train.batch_size=8",
+    "train.steps=20",
+    "train.channels_last=false",
+    "train.seed=5",
+]
 SHAPE = (3, 8, 8)
 
 # Recorded from this test's first run (float64); see the module docstring.
 GOLDEN_LOSSES = [
-    8.348482240767463, 9.158742204326694, 6.923018805172016, 12.824101526705263, 6.734296607549781,
-    6.424473048183856, 10.22583570542141, 3.165879008957314, 7.105068972073037, 5.766487101992388,
-    6.126361236064008, 6.0596989792492995, 6.541167500169926, 6.90876867968775, 2.9336850903749325,
-    5.007569123938557, 2.220502353219418, 5.083207672262142, 4.672900788287681, 3.476797135216372,
+    8.348482240767463,
+    9.158742204326694,
+    6.923018805172016,
+    12.824101526705263,
+    6.734296607549781,
+    6.424473048183856,
+    10.22583570542141,
+    3.165879008957314,
+    7.105068972073037,
+    5.766487101992388,
+    6.126361236064008,
+    6.0596989792492995,
+    6.541167500169926,
+    6.90876867968775,
+    2.9336850903749325,
+    5.007569123938557,
+    2.220502353219418,
+    5.083207672262142,
+    4.672900788287681,
+    3.476797135216372,
 ]
-GOLDEN_GC_ROWS = [112, 76, 127, 90, 124, 44, 135, 161, 130, 161, 55, 185, 168, 20, 38, 67, 24, 225, 198, 92]  # per step, the GC mask as an 8-bit integer (bit i = row i)
+GOLDEN_GC_ROWS = [
+    112,
+    76,
+    127,
+    90,
+    124,
+    44,
+    135,
+    161,
+    130,
+    161,
+    55,
+    185,
+    168,
+    20,
+    38,
+    67,
+    24,
+    225,
+    198,
+    92,
+]  # per step, the GC mask as an 8-bit integer (bit i = row i)
 GOLDEN_EMA_CHECKSUM = 1356.8860480284216  # `_checksum` of the EMA after step 20
 
 
@@ -105,8 +150,16 @@ def _gcflow_run():
         model = build_model(cfg, SHAPE)
         initial = copy.deepcopy(model.net)  # the raw network F with its initial weights
         ema, opt = make_ema(model), build_optimizer(model, cfg)
-        step = TrainStep(cfg, source, model, ema, opt, device=dev, decay=cfg.optim.ema_decay,
-                         predictor=build_gc_predictor(cfg, model, ema, dev))
+        step = TrainStep(
+            cfg,
+            source,
+            model,
+            ema,
+            opt,
+            device=dev,
+            decay=cfg.optim.ema_decay,
+            predictor=build_gc_predictor(cfg, model, ema, dev),
+        )
         losses, masks, inputs = [], [], []
         for k in range(cfg.train.steps):
             inp = draw_inputs(cfg, source, k, dev)
@@ -139,8 +192,18 @@ def test_golden_losses_masks_and_ema(run):
 def test_reference_loop_reproduces_the_trainer(run):
     cfg, losses, _, ema, initial, inputs = run
     m, o = cfg.method, cfg.optim
-    ref_cfg = RefConfig(steps=cfg.train.steps, s0=m.s0, s1=m.s1, mu=m.gc_mu, lr=o.lr, beta1=o.betas[0], beta2=o.betas[1],
-                        ema_beta=o.ema_decay, ema_update_every=o.ema_update_every, ema_start=o.ema_start)
+    ref_cfg = RefConfig(
+        steps=cfg.train.steps,
+        s0=m.s0,
+        s1=m.s1,
+        mu=m.gc_mu,
+        lr=o.lr,
+        beta1=o.betas[0],
+        beta2=o.betas[1],
+        ema_beta=o.ema_decay,
+        ema_update_every=o.ema_update_every,
+        ema_start=o.ema_start,
+    )
     with _float64():
         loop = ReferenceLoop(initial, ref_cfg)
         from parity_reference import grid, num_scales

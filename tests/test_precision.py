@@ -29,8 +29,18 @@ def _toy(seed: int = 0) -> ConsistencyModel:
 
 def _unet(seed: int = 0) -> ConsistencyModel:
     torch.manual_seed(seed)
-    net = SongUNet(img_resolution=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=(1, 2),
-                   num_blocks=1, attn_resolutions=(4,), dropout=0.0, embedding_type="positional", noise_label_scale=1.0)
+    net = SongUNet(
+        img_resolution=8,
+        in_channels=1,
+        out_channels=1,
+        model_channels=8,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(4,),
+        dropout=0.0,
+        embedding_type="positional",
+        noise_label_scale=1.0,
+    )
     return reset_weights(ConsistencyModel(net), seed)
 
 

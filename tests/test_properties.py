@@ -14,7 +14,17 @@ from gcflow.pairs import PairRecipe, build_pairs, cd_pairs, ct_pairs, get_coupli
 from gcflow.pairs.coupling import ot_assignment
 from gcflow.shapes import per_sample
 from gcflow.sigmas import karras_sigmas, sample_noise_levels
-from gcflow.training.config import SIGMA_RANGE, Config, ConfigError, GROUPS, apply_overrides, from_dict, iter_fields, to_dict, validate
+from gcflow.training.config import (
+    GROUPS,
+    SIGMA_RANGE,
+    Config,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    iter_fields,
+    to_dict,
+    validate,
+)
 from gcflow.training.distributed import split_global_batch
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -79,7 +89,10 @@ def test_unknown_keys_are_rejected(group, name, value):
 
 
 @FAST
-@given(st.from_regex(r"[a-z]{1,8}", fullmatch=True).filter(lambda g: g not in GROUPS), st.dictionaries(_TEXT, _INT, max_size=2))
+@given(
+    st.from_regex(r"[a-z]{1,8}", fullmatch=True).filter(lambda g: g not in GROUPS),
+    st.dictionaries(_TEXT, _INT, max_size=2),
+)
 def test_unknown_groups_are_rejected(group, values):
     with pytest.raises(ConfigError, match="unknown configuration group"):
         from_dict({group: values})
@@ -131,7 +144,9 @@ def test_wrongly_typed_json_values_are_rejected(data):
 @example(0.002, 80.0, 1.0)
 @example(1.0, 1.0, 0.5)
 def test_validation_accepts_exactly_the_valid_noise_ranges_and_mu(sigma_min, sigma_max, mu):
-    cfg = apply_overrides(Config(), [f"method.sigma_min={sigma_min!r}", f"method.sigma_max={sigma_max!r}", f"method.gc_mu={mu!r}"])
+    cfg = apply_overrides(
+        Config(), [f"method.sigma_min={sigma_min!r}", f"method.sigma_max={sigma_max!r}", f"method.gc_mu={mu!r}"]
+    )
     ok = SIGMA_RANGE[0] <= sigma_min < sigma_max <= SIGMA_RANGE[1] and 0 <= mu <= 1
     if ok:
         validate(cfg)
@@ -173,7 +188,9 @@ def pair_inputs(draw):
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.allclose(a, b, rtol=1e-10, atol=1e-10 * (1 + float(b.abs().max()))) if b.numel() else a.shape == b.shape
+    return (
+        torch.allclose(a, b, rtol=1e-10, atol=1e-10 * (1 + float(b.abs().max()))) if b.numel() else a.shape == b.shape
+    )
 
 
 def _predictor(calls: list[int]):
@@ -209,12 +226,16 @@ def test_ct_pairs_share_z_and_preserve_shapes(inputs):
 
 
 @TORCH
-@given(pair_inputs(), st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0)), st.sampled_from(["independent", "ot"]))
+@given(
+    pair_inputs(), st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0)), st.sampled_from(["independent", "ot"])
+)
 def test_gc_pairs_invariants(inputs, mu, coupling):
     x0, z, s_i, s_n, w, _, g = inputs
     calls: list[int] = []
     mask = select_gc(x0.shape[0], mu, g) if mu > 0 else None
-    p = build_pairs(PairRecipe(kind="ct"), x0, get_coupling(coupling)(x0, z), s_i, s_n, w, gc_mask=mask, predictor=_predictor(calls))
+    p = build_pairs(
+        PairRecipe(kind="ct"), x0, get_coupling(coupling)(x0, z), s_i, s_n, w, gc_mask=mask, predictor=_predictor(calls)
+    )
     # Shapes are preserved and both points use the same z (a permutation of the drawn noises under OT).
     assert p.x_i.shape == p.x_next.shape == p.endpoint.shape == x0.shape
     assert _close(p.x_next - p.x_i, per_sample(s_n - s_i, z) * p.noise)

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from gcflow.theory.exact_map import gaussian_consistency_map
 from gcflow.theory.discrepancy import (
     DenoiserSettings,
     draw_pair_sets,
@@ -21,6 +20,7 @@ from gcflow.theory.discrepancy import (
     local_linear_loo,
     minibatch_ot_pairs,
 )
+from gcflow.theory.exact_map import gaussian_consistency_map
 from gcflow.theory.transport import gaussian_costs, generator_cost_curve, independent_cost, minibatch_ot_cost
 from gcflow.toy.mixture import GaussianMixture, make_toy
 

@@ -26,12 +26,27 @@ from gcflow.training.presets import load_preset
 from gcflow.training.trainer import train
 
 # A tiny toy run: 30 steps, evaluations at 10/20/30, checkpoints at 10/20/30.
-TINY = ["train.steps=30", "train.batch_size=32", "train.eval_every=10", "train.eval_samples=100",
-        "train.checkpoint_every=10", "network.width=16", "network.depth=1", "train.log_every=10", "train.device=cpu"]
+TINY = [
+    "train.steps=30",
+    "train.batch_size=32",
+    "train.eval_every=10",
+    "train.eval_samples=100",
+    "train.checkpoint_every=10",
+    "network.width=16",
+    "network.depth=1",
+    "train.log_every=10",
+    "train.device=cpu",
+]
 QUIET = {"progress": False, "log": lambda *_: None}
 # The smallest metadata that passes checkpoint.validate_meta (what the trainer writes, with an empty config).
-MINIMAL_META = {"config": {}, "data_shape": [2], "num_classes": 0, "loss_window": None, "data": {},
-                "optimizer": {"param_groups": [], "scalars": {}}}
+MINIMAL_META = {
+    "config": {},
+    "data_shape": [2],
+    "num_classes": 0,
+    "loss_window": None,
+    "data": {},
+    "optimizer": {"param_groups": [], "scalars": {}},
+}
 
 
 def _cfg(preset: str = "toy-gc", extra: tuple[str, ...] = ()):
@@ -96,7 +111,9 @@ def _interrupt_at(monkeypatch, step: int, how: str = "signal") -> None:
 # --- Resume -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset, extra", [("toy-gc", ("network.dropout=0.2",)), ("toy-ot", ("optim.name=lion", "optim.lr=1e-4"))])
+@pytest.mark.parametrize(
+    "preset, extra", [("toy-gc", ("network.dropout=0.2",)), ("toy-ot", ("optim.name=lion", "optim.lr=1e-4"))]
+)
 def test_cli_resume_after_interrupt_is_bit_identical(tmp_path, capsys, monkeypatch, preset, extra):
     """`gcflow train --resume` after Ctrl-C ends with the weights, EMA, optimizer and metrics of an uninterrupted run."""
     argv = ["train", "--no-progress", "--preset", preset, *TINY, *extra]
@@ -140,11 +157,16 @@ def _flip_tensor_byte(path: Path) -> None:
 def _edit_metadata(path: Path) -> None:
     raw = path.read_bytes()
     assert raw.count(b'\\"step\\": 30') == 1
-    path.write_bytes(raw.replace(b'\\"step\\": 30', b'\\"step\\": 31'))  # valid JSON, same length: the meta checksum catches it
+    path.write_bytes(
+        raw.replace(b'\\"step\\": 30', b'\\"step\\": 31')
+    )  # valid JSON, same length: the meta checksum catches it
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip_tensor_byte, _edit_metadata, lambda p: p.write_bytes(b"")],
-                         ids=["truncated", "bit-flip", "edited-metadata", "empty"])
+@pytest.mark.parametrize(
+    "damage",
+    [_truncate, _flip_tensor_byte, _edit_metadata, lambda p: p.write_bytes(b"")],
+    ids=["truncated", "bit-flip", "edited-metadata", "empty"],
+)
 def test_corrupt_newest_checkpoint_is_reported_and_the_previous_used(reference, tmp_path, capsys, damage):
     import shutil
 
@@ -156,7 +178,9 @@ def test_corrupt_newest_checkpoint_is_reported_and_the_previous_used(reference, 
         ckpt.load_checkpoint(newest)
     assert main(["train", "--no-progress", "--resume", str(run)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"gcflow: warning: .*ckpt-00000030.safetensors .*(truncated or corrupt|checksum).*trying the previous", out), out
+    assert re.search(
+        r"gcflow: warning: .*ckpt-00000030.safetensors .*(truncated or corrupt|checksum).*trying the previous", out
+    ), out
     assert f"resuming {run} from step 20" in out
     # The damaged file was replaced by a good one; the run ends as the uninterrupted one.
     assert _same_tensors(_final_tensors(reference), _final_tensors(run))
@@ -183,7 +207,10 @@ def test_leftover_temp_files_are_ignored_and_cleaned(tmp_path):
     dead.write_bytes(good.read_bytes()[:100])
     assert ckpt.list_checkpoints(d) == [good] and ckpt.load_latest_checkpoint(d).meta["step"] == 10
     ckpt.save_checkpoint(d, 20, {"w": torch.zeros(3)}, MINIMAL_META, keep=3)
-    assert not dead.exists() and sorted(p.name for p in d.iterdir()) == ["ckpt-00000010.safetensors", "ckpt-00000020.safetensors"]
+    assert not dead.exists() and sorted(p.name for p in d.iterdir()) == [
+        "ckpt-00000010.safetensors",
+        "ckpt-00000020.safetensors",
+    ]
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the file being fsynced through /proc (Linux)")
@@ -225,13 +252,19 @@ def test_nonfinite_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path,
     assert all(bool(torch.isfinite(t).all()) for t in good.tensors.values() if t.is_floating_point())
 
 
-@pytest.mark.parametrize("how, step", [("nan-grad", 7), ("nan-loss", 30)])  # an ordinary step; the last (eval + checkpoint) step
+@pytest.mark.parametrize(
+    "how, step", [("nan-grad", 7), ("nan-loss", 30)]
+)  # an ordinary step; the last (eval + checkpoint) step
 def test_nonfinite_skip_skips_only_that_update(tmp_path, monkeypatch, how, step):
     messages: list[str] = []
     _interrupt_at(monkeypatch, step, how)
     res = train(_cfg(extra=("train.nonfinite=skip",)), tmp_path / "run", progress=False, log=messages.append)
     assert any(f"at step {step}" in m and "skipping the step" in m for m in messages), messages
-    assert res.summary["step"] == 30 and [r["step"] for r in _metrics(res.run_dir) if r["kind"] == "eval"] == [10, 20, 30]
+    assert res.summary["step"] == 30 and [r["step"] for r in _metrics(res.run_dir) if r["kind"] == "eval"] == [
+        10,
+        20,
+        30,
+    ]
     final = ckpt.load_latest_checkpoint(res.run_dir / "checkpoints")
     assert final.meta["step"] == 30
     assert all(bool(torch.isfinite(t).all()) for t in final.tensors.values() if t.is_floating_point())
@@ -303,8 +336,11 @@ def test_malicious_checkpoints_are_refused_without_running_code(reference, tmp_p
     renamed.write_bytes(payload.read_bytes())
 
     # gcflow sample: the file itself (original and disguised names) and a run folder holding it.
-    for target, fragment in ((payload, "not a .safetensors checkpoint"), (renamed, "pickle or torch.save file"),
-                             (run, "no valid checkpoint")):
+    for target, fragment in (
+        (payload, "not a .safetensors checkpoint"),
+        (renamed, "pickle or torch.save file"),
+        (run, "no valid checkpoint"),
+    ):
         assert main(["sample", str(target), "--n", "4", "--out", str(tmp_path / "s")]) == 2
         assert fragment in _one_error_line(capsys)
     # gcflow train --resume on that run folder: refused, nothing changed.
@@ -312,10 +348,20 @@ def test_malicious_checkpoints_are_refused_without_running_code(reference, tmp_p
     assert "no checkpoint in" in _one_error_line(capsys)
     assert planted.read_bytes() == payload.read_bytes() and ckpt.list_checkpoints(run / "checkpoints") == [planted]
     # A frozen GC predictor loaded from it.
-    for target, fragment in ((payload, "not a .safetensors checkpoint"), (renamed, "pickle or torch.save file"),
-                             (run, "no valid checkpoint")):
-        argv = ["train", "--no-progress", "--out", str(tmp_path / f"gc-{target.name}"), *TINY,
-                "method.gc_predictor=frozen", f"method.gc_checkpoint={target}"]
+    for target, fragment in (
+        (payload, "not a .safetensors checkpoint"),
+        (renamed, "pickle or torch.save file"),
+        (run, "no valid checkpoint"),
+    ):
+        argv = [
+            "train",
+            "--no-progress",
+            "--out",
+            str(tmp_path / f"gc-{target.name}"),
+            *TINY,
+            "method.gc_predictor=frozen",
+            f"method.gc_checkpoint={target}",
+        ]
         assert main(argv) == 2
         assert fragment in _one_error_line(capsys)
     assert not marker.exists()
@@ -365,8 +411,19 @@ def test_source_never_unpickles_untrusted_files():
                 problems.append(f"{where} without weights_only=True")
             if name in ("np.load", "numpy.load") and not _keyword_is(call, "allow_pickle", False):
                 problems.append(f"{where} without allow_pickle=False")
-            if name in ("pickle.load", "pickle.loads", "torch.jit.load", "joblib.load", "yaml.load", "yaml.unsafe_load",
-                        "dill.load", "dill.loads", "marshal.loads", "eval", "exec"):
+            if name in (
+                "pickle.load",
+                "pickle.loads",
+                "torch.jit.load",
+                "joblib.load",
+                "yaml.load",
+                "yaml.unsafe_load",
+                "dill.load",
+                "dill.loads",
+                "marshal.loads",
+                "eval",
+                "exec",
+            ):
                 problems.append(f"{where}: unrestricted deserialisation or evaluation")
             if name.endswith("Unpickler") and path.name not in AUDITED_UNPICKLERS:
                 problems.append(f"{where}: an Unpickler outside the audited readers {sorted(AUDITED_UNPICKLERS)}")
@@ -375,9 +432,20 @@ def test_source_never_unpickles_untrusted_files():
 
 # --- Resume on an image dataset -----------------------------------------------------------------
 
-DIGITS = ["network.channels=8", "network.channel_mult=1,2", "network.num_blocks=1", "network.attn_resolutions=4",
-          "network.dropout=0.1", "data.flip=true", "train.steps=30", "train.batch_size=64",
-          "train.eval_every=15", "train.eval_samples=64", "train.checkpoint_every=10", "train.device=cpu"]
+DIGITS = [
+    "network.channels=8",
+    "network.channel_mult=1,2",
+    "network.num_blocks=1",
+    "network.attn_resolutions=4",
+    "network.dropout=0.1",
+    "data.flip=true",
+    "train.steps=30",
+    "train.batch_size=64",
+    "train.eval_every=15",
+    "train.eval_samples=64",
+    "train.checkpoint_every=10",
+    "train.device=cpu",
+]
 
 
 def test_image_resume_across_an_epoch_boundary_is_bit_identical(tmp_path, monkeypatch):
@@ -391,7 +459,10 @@ def test_image_resume_across_an_epoch_boundary_is_bit_identical(tmp_path, monkey
         with pytest.raises(Interrupted, match="at step 25"):
             train(cfg, tmp_path / "part", **QUIET)
     chk = ckpt.load_latest_checkpoint(tmp_path / "part" / "checkpoints")
-    assert chk.meta["step"] == 25 and chk.meta["data"] == {"epoch": 1, "position": 2 * 64}  # the loader's place in epoch 1
+    assert chk.meta["step"] == 25 and chk.meta["data"] == {
+        "epoch": 1,
+        "position": 2 * 64,
+    }  # the loader's place in epoch 1
     part = train(cfg, tmp_path / "part", resume=True, **QUIET)
     assert _same_tensors(_final_tensors(full.run_dir), _final_tensors(part.run_dir))
     assert _metrics(full.run_dir) == _metrics(part.run_dir)

@@ -23,8 +23,16 @@ from gcflow.training.config import apply_overrides
 from gcflow.training.presets import load_preset
 from gcflow.training.trainer import train
 
-TINY = ["train.steps=4", "train.batch_size=16", "train.eval_samples=50", "train.checkpoint_every=2",
-        "network.width=8", "network.depth=1", "train.device=cpu", "train.eval_every=2"]
+TINY = [
+    "train.steps=4",
+    "train.batch_size=16",
+    "train.eval_samples=50",
+    "train.checkpoint_every=2",
+    "network.width=8",
+    "network.depth=1",
+    "train.device=cpu",
+    "train.eval_every=2",
+]
 
 
 def _one_error_line(capsys) -> str:
@@ -35,8 +43,12 @@ def _one_error_line(capsys) -> str:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    return train(apply_overrides(load_preset("toy-ic"), TINY), tmp_path_factory.mktemp("files") / "run",
-                 progress=False, log=lambda *_: None).run_dir
+    return train(
+        apply_overrides(load_preset("toy-ic"), TINY),
+        tmp_path_factory.mktemp("files") / "run",
+        progress=False,
+        log=lambda *_: None,
+    ).run_dir
 
 
 # --- Item 1: --overwrite only replaces gcflow runs -----------------------------------------------
@@ -200,11 +212,15 @@ def test_default_run_dirs_of_jobs_started_in_the_same_second_are_distinct(tmp_pa
 
 
 def test_concurrent_processes_get_distinct_default_folders(tmp_path):
-    code = "import sys; from pathlib import Path; from gcflow.training.run_dir import default_run_dir; " \
-           "print(default_run_dir(Path(sys.argv[1]), 'toy-gc', []))"
+    code = (
+        "import sys; from pathlib import Path; from gcflow.training.run_dir import default_run_dir; "
+        "print(default_run_dir(Path(sys.argv[1]), 'toy-gc', []))"
+    )
     env = dict(os.environ, PYTHONPATH=str(Path(gcflow.__file__).parents[1]))
-    procs = [subprocess.Popen([os.sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([os.sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(4)
+    ]
     outs = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert len(outs) == 4 and all(Path(o).is_dir() for o in outs)
 
@@ -334,8 +350,17 @@ def test_a_missing_reference_file_is_named_as_such():
     assert "sidecar" not in str(info.value)
 
 
-@pytest.mark.parametrize("argv", [["evaluate"], ["evaluate", "run", "--ref"], ["fid-ref"], ["fid-ref", "digits", "--batch", "x"],
-                                  ["evaluate", "run", "--ref", "r.npz", "--out", ""], ["sample", "run", "--out", ""]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate"],
+        ["evaluate", "run", "--ref"],
+        ["fid-ref"],
+        ["fid-ref", "digits", "--batch", "x"],
+        ["evaluate", "run", "--ref", "r.npz", "--out", ""],
+        ["sample", "run", "--out", ""],
+    ],
+)
 def test_argparse_errors_of_evaluate_and_fid_ref_are_one_line(capsys, argv):
     with pytest.raises(SystemExit) as info:
         main(argv)

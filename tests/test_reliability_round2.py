@@ -24,8 +24,17 @@ from gcflow.training.presets import load_preset
 from gcflow.training.run_state import read_run_config
 from gcflow.training.trainer import train
 
-TINY = ["train.steps=20", "train.batch_size=16", "train.eval_every=10", "train.eval_samples=50",
-        "train.checkpoint_every=10", "network.width=8", "network.depth=1", "train.log_every=10", "train.device=cpu"]
+TINY = [
+    "train.steps=20",
+    "train.batch_size=16",
+    "train.eval_every=10",
+    "train.eval_samples=50",
+    "train.checkpoint_every=10",
+    "network.width=8",
+    "network.depth=1",
+    "train.log_every=10",
+    "train.device=cpu",
+]
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
@@ -46,7 +55,11 @@ def _one_line(capsys, argv: list[str]) -> str:
 
 def _metrics(run: Path) -> list[dict]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s", "step_time_ms")} for line in lines if line.strip()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s", "step_time_ms")}
+        for line in lines
+        if line.strip()
+    ]
 
 
 def _final(run: Path) -> ckpt.Checkpoint:
@@ -86,13 +99,20 @@ def _no_checkpoint_run(tmp: Path) -> Path:
         ("too-many-levels", "not divisible by 2^"),
     ],
 )
-def test_bad_options_found_only_by_building_fail_before_overwrite_touches_the_run(reference, tmp_path, capsys,
-                                                                                    case, fragment):
+def test_bad_options_found_only_by_building_fail_before_overwrite_touches_the_run(
+    reference, tmp_path, capsys, case, fragment
+):
     run = tmp_path / "old"
     train(_cfg(), run, **QUIET)
     frozen = ["method.gc_mu=0.5", "method.gc_predictor=frozen"]
-    digits = ["--preset", "digits-ic", "train.batch_size=16", "train.eval_samples=50", "train.device=cpu",
-              "train.steps=2"]
+    digits = [
+        "--preset",
+        "digits-ic",
+        "train.batch_size=16",
+        "train.eval_samples=50",
+        "train.device=cpu",
+        "train.steps=2",
+    ]
     args = {
         "frozen-missing": [*TINY, *frozen, f"method.gc_checkpoint={tmp_path / 'nope'}"],
         "frozen-is-the-run": [*TINY, *frozen, f"method.gc_checkpoint={run}"],
@@ -333,8 +353,17 @@ def test_checkpoints_record_the_thread_count_and_resume_warns_on_another(tmp_pat
 
 
 def test_a_non_integer_thread_count_makes_a_checkpoint_unverifiable():
-    meta = {"step": 1, "checksum": "0" * 64, "meta_checksum": "0" * 64, "config": {}, "data_shape": [2],
-            "num_classes": 0, "loss_window": None, "data": {}, "optimizer": {"param_groups": [], "scalars": {}}}
+    meta = {
+        "step": 1,
+        "checksum": "0" * 64,
+        "meta_checksum": "0" * 64,
+        "config": {},
+        "data_shape": [2],
+        "num_classes": 0,
+        "loss_window": None,
+        "data": {},
+        "optimizer": {"param_groups": [], "scalars": {}},
+    }
     ckpt.validate_meta(dict(meta, threads=4))
     for bad in ("4", 0, -1, 2.5, True):
         with pytest.raises(ValueError, match="threads"):

@@ -12,8 +12,11 @@ from gcflow import plotting
 from gcflow.commands import report as report_cmd
 from gcflow.report import ReportError, config_diff, curve_keys, read_run, write_report
 
-CONFIG = {"method": {"gc_mu": 0.5, "coupling": "independent"}, "optim": {"lr": 1e-3, "betas": [0.9, 0.999]},
-          "train": {"seed": 0, "steps": 40}}
+CONFIG = {
+    "method": {"gc_mu": 0.5, "coupling": "independent"},
+    "optim": {"lr": 1e-3, "betas": [0.9, 0.999]},
+    "train": {"seed": 0, "steps": 40},
+}
 
 
 def make_run(path, config, records, summary=None):
@@ -26,7 +29,10 @@ def make_run(path, config, records, summary=None):
 
 
 def records(loss0, w2):
-    train = [{"step": s, "loss": loss0 / s, "grad_norm": 2.0, "lr": 1e-3, "n_scales": 10, "gc_fraction": 0.5} for s in (10, 20, 30, 40)]
+    train = [
+        {"step": s, "loss": loss0 / s, "grad_norm": 2.0, "lr": 1e-3, "n_scales": 10, "gc_fraction": 0.5}
+        for s in (10, 20, 30, 40)
+    ]
     evals = [{"step": s, "w2": w2, "w2_noise_floor": 0.15, "seconds": 1.0} for s in (20, 40)]
     return sorted(train + evals, key=lambda r: r["step"])
 
@@ -36,15 +42,21 @@ def two_runs(tmp_path):
     other = json.loads(json.dumps(CONFIG))
     other["method"]["gc_mu"], other["train"]["seed"] = 0.0, 1
     other["method"]["new_field"] = "x"  # a setting only one run has
-    a = make_run(tmp_path / "toy-gc", CONFIG, records(8.0, 0.2), summary={"step": 40, "w2": 0.2, "run_dir": "x", "config": {}})
+    a = make_run(
+        tmp_path / "toy-gc", CONFIG, records(8.0, 0.2), summary={"step": 40, "w2": 0.2, "run_dir": "x", "config": {}}
+    )
     b = make_run(tmp_path / "toy-ic", other, records(9.0, 0.3))  # still running: no summary.json
     return a, b
 
 
 def test_config_diff_keeps_only_the_settings_that_differ():
     other = {"method": {"gc_mu": 0.0, "coupling": "independent"}, "optim": {"lr": 1e-3, "betas": [0.9, 0.99]}}
-    assert config_diff([CONFIG, other]) == {"method.gc_mu": [0.5, 0.0], "optim.betas": [[0.9, 0.999], [0.9, 0.99]],
-                                            "train.seed": [0, None], "train.steps": [40, None]}
+    assert config_diff([CONFIG, other]) == {
+        "method.gc_mu": [0.5, 0.0],
+        "optim.betas": [[0.9, 0.999], [0.9, 0.99]],
+        "train.seed": [0, None],
+        "train.steps": [40, None],
+    }
     assert config_diff([CONFIG, CONFIG]) == {}
 
 
@@ -67,8 +79,9 @@ def test_curves_are_overlaid_with_labelled_axes(two_runs, monkeypatch, tmp_path)
     assert keys == ["loss", "grad_norm", "lr", "n_scales", "gc_fraction", "w2"]  # no step, seconds or floors
     figs = []
     monkeypatch.setattr(plotting.plt, "close", figs.append)
-    drawn = plotting.save_overlaid_curves(tmp_path / "c.png", {r.label: r.records for r in runs}, keys + ["fid"],
-                                          {"w2": "w2_noise_floor"})
+    drawn = plotting.save_overlaid_curves(
+        tmp_path / "c.png", {r.label: r.records for r in runs}, keys + ["fid"], {"w2": "w2_noise_floor"}
+    )
     assert drawn == keys  # fid: recorded by no run
     axes = {ax.get_title(): ax for ax in figs[0].axes if ax.get_title()}
     assert axes["loss"].get_xlabel() == "training step" and axes["lr"].get_ylabel() == "learning rate"

@@ -19,11 +19,29 @@ from gcflow.training.config import ConfigError, apply_overrides
 from gcflow.training.presets import load_preset
 from gcflow.training.trainer import train
 
-TOY = ["train.steps=4", "train.batch_size=16", "train.eval_samples=50", "train.eval_every=0",
-       "train.checkpoint_every=4", "network.width=8", "network.depth=1", "train.device=cpu", "train.tensorboard=off"]
-DIGITS = ["network.channels=8", "network.num_blocks=1", "network.attn_resolutions=none", "train.steps=2",
-          "train.batch_size=8", "train.eval_every=0", "train.eval_samples=8", "train.checkpoint_every=2",
-          "train.device=cpu", "train.tensorboard=off"]
+TOY = [
+    "train.steps=4",
+    "train.batch_size=16",
+    "train.eval_samples=50",
+    "train.eval_every=0",
+    "train.checkpoint_every=4",
+    "network.width=8",
+    "network.depth=1",
+    "train.device=cpu",
+    "train.tensorboard=off",
+]
+DIGITS = [
+    "network.channels=8",
+    "network.num_blocks=1",
+    "network.attn_resolutions=none",
+    "train.steps=2",
+    "train.batch_size=8",
+    "train.eval_every=0",
+    "train.eval_samples=8",
+    "train.checkpoint_every=2",
+    "train.device=cpu",
+    "train.tensorboard=off",
+]
 
 
 def _one_line_error(capsys, code: int) -> str:
@@ -80,16 +98,19 @@ def test_image_samples_come_as_a_png_folder_and_a_uint8_npz(digits_run, tmp_path
         assert img.mode == "RGB" and np.array_equal(np.asarray(img), arr[i])
     assert "uint8 arr_0" in capsys.readouterr().out
     # Outputs are never replaced without --overwrite; with it, the folder is rebuilt.
-    assert "already exists" in _one_line_error(capsys, main(["sample", str(digits_run), "--n", "2", "--device", "cpu",
-                                                             "--out", str(stem)]))
+    assert "already exists" in _one_line_error(
+        capsys, main(["sample", str(digits_run), "--n", "2", "--device", "cpu", "--out", str(stem)])
+    )
     assert main(["sample", str(digits_run), "--n", "2", "--device", "cpu", "--out", str(stem), "--overwrite"]) == 0
     assert len(list((tmp_path / "s").iterdir())) == 2 and not list(tmp_path.glob(".s.tmp-*"))
 
 
 def test_label_on_an_unconditional_model_is_an_error(digits_run, toy_run, tmp_path, capsys):
     for run in (digits_run, toy_run):
-        line = _one_line_error(capsys, main(["sample", str(run), "--n", "2", "--label", "3", "--device", "cpu",
-                                             "--out", str(tmp_path / "x")]))
+        line = _one_line_error(
+            capsys,
+            main(["sample", str(run), "--n", "2", "--label", "3", "--device", "cpu", "--out", str(tmp_path / "x")]),
+        )
         assert "unconditional" in line and "drop --label" in line
     assert not list(tmp_path.iterdir())
 

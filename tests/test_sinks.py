@@ -29,7 +29,10 @@ def test_jsonl_records_are_flushed_appended_and_strict_json(tmp_path):
     JsonlSink(path).scalars(30, {"loss": 0.25})  # a resumed run appends
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
-    assert read_jsonl(path)[1:] == [{"step": 20, "loss": None, "grad_norm": None, "w2": None}, {"step": 30, "loss": 0.25}]
+    assert read_jsonl(path)[1:] == [
+        {"step": 20, "loss": None, "grad_norm": None, "w2": None},
+        {"step": 30, "loss": 0.25},
+    ]
 
 
 class Recorder:

@@ -14,8 +14,17 @@ from gcflow.commands import train as train_cmd
 from gcflow.training.config import ConfigError, check_overrides_agree, describe_options
 from gcflow.training.run_dir import default_run_dir
 
-TINY = ["train.steps=4", "train.batch_size=16", "train.eval_samples=50", "train.eval_every=0",
-        "train.checkpoint_every=4", "network.width=8", "network.depth=1", "train.device=cpu", "train.tensorboard=off"]
+TINY = [
+    "train.steps=4",
+    "train.batch_size=16",
+    "train.eval_samples=50",
+    "train.eval_every=0",
+    "train.checkpoint_every=4",
+    "network.width=8",
+    "network.depth=1",
+    "train.device=cpu",
+    "train.tensorboard=off",
+]
 
 
 def _one_line_error(capsys, code: int) -> str:
@@ -31,14 +40,19 @@ def _option_value(help_text: str, key: str) -> str:
     return line.split()[2]
 
 
-@pytest.mark.parametrize("argv", [["train", "--help"], ["train", "--preset", "toy-gc", "--help"],
-                                  ["train", "-h", "--preset", "toy-gc"]])
+@pytest.mark.parametrize(
+    "argv", [["train", "--help"], ["train", "--preset", "toy-gc", "--help"], ["train", "-h", "--preset", "toy-gc"]]
+)
 def test_help_shows_the_preset_s_values_not_the_library_defaults(capsys, argv):
     assert main(argv) == 0
     out = capsys.readouterr().out
     # toy-gc (the default job): adam, 1e-3, 3000 steps, mu 0.5; the library defaults are lion, 1e-4, 4000, 0.
-    assert [_option_value(out, k) for k in ("optim.name", "optim.lr", "train.steps", "method.gc_mu")] == \
-        ["adam", "0.001", "3000", "0.5"]
+    assert [_option_value(out, k) for k in ("optim.name", "optim.lr", "train.steps", "method.gc_mu")] == [
+        "adam",
+        "0.001",
+        "3000",
+        "0.5",
+    ]
     assert "values of preset toy-gc" in out
     assert re.search(r"--steps STEPS\s+shorthand for train.steps=N[^(]*\(now 3000\)", out, re.S)
     assert [_option_value(describe_options(), k) for k in ("optim.name", "train.steps")] == ["lion", "4000"]
@@ -62,12 +76,15 @@ def test_presets_show_previews_overrides(capsys):
     assert "need a preset" in _one_line_error(capsys, main(["presets", "train.seed=2"]))
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--mu", "0.3", "method.gc_mu=0.7"], "method.gc_mu is given twice with different values"),
-    (["--steps", "10", "train.steps=20"], "train.steps is given twice with different values"),
-    (["train.seed=1", "train.seed=2"], "train.seed is given twice with different values"),
-    (["--device", "cpu", "train.device=cuda"], "train.device is given twice"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--mu", "0.3", "method.gc_mu=0.7"], "method.gc_mu is given twice with different values"),
+        (["--steps", "10", "train.steps=20"], "train.steps is given twice with different values"),
+        (["train.seed=1", "train.seed=2"], "train.seed is given twice with different values"),
+        (["--device", "cpu", "train.device=cuda"], "train.device is given twice"),
+    ],
+)
 def test_conflicting_spellings_are_one_line_errors(capsys, tmp_path, argv, fragment):
     code = main(["train", *argv, "--out", str(tmp_path / "run")])
     line = _one_line_error(capsys, code)
@@ -86,8 +103,10 @@ def test_config_reruns_an_earlier_run_with_overrides(capsys, tmp_path):
     first = tmp_path / "toy-ic-seed3-20250101-120000-ab12"
     assert main(["train", "--no-progress", "--preset", "toy-ic", *TINY, "train.seed=3", "--out", str(first)]) == 0
     again = tmp_path / "again"
-    assert main(["train", "--no-progress", "--config", str(first / "config.json"), "train.seed=4",
-                 "--out", str(again)]) == 0
+    assert (
+        main(["train", "--no-progress", "--config", str(first / "config.json"), "train.seed=4", "--out", str(again)])
+        == 0
+    )
     a, b = (json.loads((p / "config.json").read_text()) for p in (first, again))
     assert b["train"].pop("seed") == 4 and a["train"].pop("seed") == 3 and a == b
     # A run folder may be named instead of its config.json; the same config trains the same numbers.

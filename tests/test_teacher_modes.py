@@ -16,8 +16,14 @@ from gcflow.training.objectives import OBJECTIVES, get_objective
 from gcflow.training.presets import load_preset
 from gcflow.training.trainer import train
 
-TINY = ["network.channels=8", "train.batch_size=16", "train.eval_samples=64", "train.eval_every=0",
-        "train.checkpoint_every=0", "method.edm_sampler_steps=4"]
+TINY = [
+    "network.channels=8",
+    "train.batch_size=16",
+    "train.eval_samples=64",
+    "train.eval_every=0",
+    "train.checkpoint_every=0",
+    "method.edm_sampler_steps=4",
+]
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
@@ -62,8 +68,11 @@ def test_registry_and_validation():
     assert set(OBJECTIVES) == {"ct", "cd", "edm", "ect"}
     with pytest.raises(KeyError, match="unknown objective"):
         get_objective("dsm")
-    for bad in (["method.pairs=edm", "method.gc_mu=0.5"], ["method.pairs=ect", "method.teacher=x"],
-                ["method.pairs=ect", "method.ect_q=1"]):
+    for bad in (
+        ["method.pairs=edm", "method.gc_mu=0.5"],
+        ["method.pairs=ect", "method.teacher=x"],
+        ["method.pairs=ect", "method.ect_q=1"],
+    ):
         with pytest.raises(ConfigError):
             validate(apply_overrides(load_preset("digits-ic"), bad))
 
@@ -98,8 +107,11 @@ def test_oracle_cd_velocity_on_digits_is_the_empirical_one(gen):
     cfg = apply_overrides(load_preset("digits-cd-oracle"), TINY)
     source = build_source(cfg, torch.device("cpu"))
     v = cd_velocity(cfg, source, torch.device("cpu"))
-    images = source.dataset.images.to(torch.float32) / 127.5 - 1 if source.dataset.images.dtype == torch.uint8 \
+    images = (
+        source.dataset.images.to(torch.float32) / 127.5 - 1
+        if source.dataset.images.dtype == torch.uint8
         else source.dataset.images
+    )
     x, s = torch.randn(3, 1, 8, 8, generator=gen), torch.tensor([0.05, 0.5, 20.0])
     assert torch.allclose(v(x, s), empirical_velocity(images)(x, s), atol=1e-5)
     # At a small level near a training point the exact velocity points back at it: (x − x_k)/σ = z.
@@ -112,7 +124,9 @@ def test_ect_gc_digits_50_steps_end_to_end(teacher, tmp_path):
     """ECT-GC (μ = 0.3) from the teacher: starts from its raw network, trains 50 steps, scores finite metrics."""
     from gcflow.training.builders import build_model, init_from_teacher
 
-    cfg = apply_overrides(load_preset("digits-ect-gc"), [*TINY, "train.steps=50", f"method.init_from={teacher.run_dir}"])
+    cfg = apply_overrides(
+        load_preset("digits-ect-gc"), [*TINY, "train.steps=50", f"method.init_from={teacher.run_dir}"]
+    )
     init = init_from_teacher(build_model(cfg, (1, 8, 8)), cfg)
     tnet = load_teacher_model(teacher.run_dir).net.state_dict()
     assert all(torch.equal(v, tnet[k]) for k, v in init.net.state_dict().items())
@@ -124,8 +138,10 @@ def test_ect_gc_digits_50_steps_end_to_end(teacher, tmp_path):
 
 
 def test_init_from_mismatched_network_is_one_line_error(teacher, tmp_path):
-    cfg = apply_overrides(load_preset("digits-ect-ic"), [*TINY, "network.channels=16", "train.steps=2",
-                                                         f"method.init_from={teacher.run_dir}"])
+    cfg = apply_overrides(
+        load_preset("digits-ect-ic"),
+        [*TINY, "network.channels=16", "train.steps=2", f"method.init_from={teacher.run_dir}"],
+    )
     with pytest.raises(ConfigError, match="does not match network"):
         train(cfg, tmp_path / "bad", **QUIET)
 
@@ -150,6 +166,7 @@ def test_resume_is_bit_identical_for_teacher_modes(mode, teacher, tmp_path):
         "cd-oracle": ("digits-cd-oracle", []),
     }[mode]
     # 8 steps, checkpoints every 2 (the ECT stage changes at step 4); resume from step 4.
-    cfg = apply_overrides(load_preset(preset), [*TINY, *extra, "train.steps=8", "train.checkpoint_every=2",
-                                                "train.eval_every=0"])
+    cfg = apply_overrides(
+        load_preset(preset), [*TINY, *extra, "train.steps=8", "train.checkpoint_every=2", "train.eval_every=0"]
+    )
     _resume_matches(cfg, tmp_path)

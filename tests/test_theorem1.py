@@ -11,7 +11,15 @@ from scipy.integrate import quad
 from gcflow.networks.mlp import ToyMLP
 from gcflow.precond import ConsistencyModel
 from gcflow.theory.exact_map import gaussian_consistency_map
-from gcflow.theory.theorem1 import CommonSamples, Grid, check_gradients, check_theorem1, default_ns, limit_terms, theorem_distance
+from gcflow.theory.theorem1 import (
+    CommonSamples,
+    Grid,
+    check_gradients,
+    check_theorem1,
+    default_ns,
+    limit_terms,
+    theorem_distance,
+)
 from gcflow.toy.mixture import GaussianMixture, make_toy
 
 # torch.func's forward-mode decompositions call the deprecated torch.jit.script internally (torch 2.13).

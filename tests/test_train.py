@@ -9,8 +9,16 @@ from gcflow.training.presets import load_preset
 from gcflow.training.run_state import load_run
 from gcflow.training.trainer import train
 
-TINY = ["train.steps=30", "train.batch_size=64", "train.eval_every=15", "train.eval_samples=200",
-        "train.checkpoint_every=10", "network.width=32", "network.depth=1", "train.log_every=10"]
+TINY = [
+    "train.steps=30",
+    "train.batch_size=64",
+    "train.eval_every=15",
+    "train.eval_samples=200",
+    "train.checkpoint_every=10",
+    "network.width=32",
+    "network.depth=1",
+    "train.log_every=10",
+]
 
 
 def _tiny(preset="toy-gc", extra=()):
@@ -63,7 +71,12 @@ def test_frozen_predictor_from_checkpoint(tmp_path):
     first = train(_tiny("toy-ic"), tmp_path / "teacher", progress=False, log=lambda *_: None)
     loaded = load_run(first.run_dir)
     assert loaded.data_shape == (2,) and loaded.num_classes == 0 and not loaded.model.training
-    run = train(_tiny("toy-gc", ["method.gc_predictor=frozen", f"method.gc_checkpoint={first.run_dir}"]), tmp_path / "s", progress=False, log=lambda *_: None)
+    run = train(
+        _tiny("toy-gc", ["method.gc_predictor=frozen", f"method.gc_checkpoint={first.run_dir}"]),
+        tmp_path / "s",
+        progress=False,
+        log=lambda *_: None,
+    )
     assert run.summary["step"] == 30
 
 
@@ -81,4 +94,9 @@ def test_nonfinite_loss_stops_with_step(tmp_path):
     from gcflow.training.trainer import TrainingError
 
     with pytest.raises(TrainingError, match="non-finite .* at step 1"):
-        train(_tiny(extra=["optim.lr=1e30", "optim.name=adam", "method.sigma_data=1e30"]), tmp_path / "nan", progress=False, log=lambda *_: None)
+        train(
+            _tiny(extra=["optim.lr=1e30", "optim.name=adam", "method.sigma_data=1e30"]),
+            tmp_path / "nan",
+            progress=False,
+            log=lambda *_: None,
+        )

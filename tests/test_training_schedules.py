@@ -19,8 +19,16 @@ from gcflow.training.run_state import read_metrics
 from gcflow.training.step import draw_inputs, ema_schedule, mu_schedule
 from gcflow.training.trainer import train
 
-TINY = ["train.steps=40", "train.batch_size=64", "train.eval_every=20", "train.eval_samples=200",
-        "train.checkpoint_every=10", "train.keep_checkpoints=5", "network.width=32", "network.depth=1"]
+TINY = [
+    "train.steps=40",
+    "train.batch_size=64",
+    "train.eval_every=20",
+    "train.eval_samples=200",
+    "train.checkpoint_every=10",
+    "train.keep_checkpoints=5",
+    "network.width=32",
+    "network.depth=1",
+]
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
@@ -41,15 +49,18 @@ def test_old_configs_load_with_the_old_schedules():
     assert mu_schedule(cfg).at(0, 10) == mu_schedule(cfg).at(9, 10) == 0.5
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.ema_schedule=warmup", "ema_start"),
-    ("optim.ema_update_every=0", "ema_update_every"),
-    ("optim.ema_power=0", "ema_power"),
-    ("method.gc_mu_end=1.5", "gc_mu_end"),
-    ("method.gc_start=-3", "gc_start"),
-    ("train.precision=fp8", "train.precision"),
-    ("train.precision_check_every=0", "precision_check_every"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.ema_schedule=warmup", "ema_start"),
+        ("optim.ema_update_every=0", "ema_update_every"),
+        ("optim.ema_power=0", "ema_power"),
+        ("method.gc_mu_end=1.5", "gc_mu_end"),
+        ("method.gc_start=-3", "gc_start"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.precision_check_every=0", "precision_check_every"),
+    ],
+)
 def test_bad_schedule_options_fail_in_validate(override, message):
     with pytest.raises(ConfigError, match=message):
         validate(apply_overrides(load_preset("toy-gc"), [override]))
@@ -94,8 +105,16 @@ def test_mu_schedule_in_the_draws():
 
 
 def test_warmup_ema_in_the_trainer_copies_then_averages(tmp_path):
-    cfg = _tiny(["optim.ema_schedule=warmup", "optim.ema_start=0", "optim.ema_update_every=5",
-                 "train.steps=6", "train.eval_every=0", "train.checkpoint_every=0"])
+    cfg = _tiny(
+        [
+            "optim.ema_schedule=warmup",
+            "optim.ema_start=0",
+            "optim.ema_update_every=5",
+            "train.steps=6",
+            "train.eval_every=0",
+            "train.checkpoint_every=0",
+        ]
+    )
     one = train(apply_overrides(cfg, ["train.steps=1"]), tmp_path / "one", **QUIET)
     for p, q in zip(one.ema.parameters(), one.model.parameters()):
         assert torch.equal(p, q)  # step 1 copies the weights (ema-pytorch's first update)
@@ -108,9 +127,17 @@ def test_warmup_ema_in_the_trainer_copies_then_averages(tmp_path):
 
 
 def test_resume_with_warmup_ema_auto_precision_and_mu_ramp_is_bit_identical(tmp_path):
-    extra = ["optim.ema_schedule=warmup", "optim.ema_start=3", "optim.ema_update_every=5", "optim.ema_decay=0.99",
-             "method.gc_mu=0.2", "method.gc_mu_end=0.8", "method.gc_start=4", "train.precision=auto",
-             "train.precision_check_every=7"]
+    extra = [
+        "optim.ema_schedule=warmup",
+        "optim.ema_start=3",
+        "optim.ema_update_every=5",
+        "optim.ema_decay=0.99",
+        "method.gc_mu=0.2",
+        "method.gc_mu_end=0.8",
+        "method.gc_start=4",
+        "train.precision=auto",
+        "train.precision_check_every=7",
+    ]
     full = train(_tiny(extra), tmp_path / "full", **QUIET)
     part = train(_tiny(extra), tmp_path / "part", **QUIET)
     # As if killed after the checkpoint at step 20: the later checkpoints never existed.

@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == module:
                 continue  # a command whose module is not installed in this build
             raise
-        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -7,7 +7,7 @@ per-sample vector norm, not element-wise.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -9,8 +9,8 @@ RNG state is restored afterwards, on the CPU and on the pass's CUDA device alike
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -28,7 +28,7 @@ class SharedDropout:
         self.device = torch.device(device)
 
     @staticmethod
-    def draw(generator: torch.Generator, device: torch.device | str) -> "SharedDropout":
+    def draw(generator: torch.Generator, device: torch.device | str) -> SharedDropout:
         """A SharedDropout with a seed drawn from `generator` (advances it by one draw)."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
         return SharedDropout(seed, device)

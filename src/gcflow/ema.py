@@ -156,8 +156,9 @@ def half_life_ema(half_life_images: float, batch_size: int) -> EmaSchedule:
     return EmaSchedule(beta=ema_decay_from_half_life(half_life_images, batch_size))
 
 
-def warmup_ema(beta: float = 0.9999, update_every: int = 5, start: int = 0, inv_gamma: float = 1.0,
-               power: float = 2.0 / 3.0) -> EmaSchedule:
+def warmup_ema(
+    beta: float = 0.9999, update_every: int = 5, start: int = 0, inv_gamma: float = 1.0, power: float = 2.0 / 3.0
+) -> EmaSchedule:
     """ema-pytorch 0.2.3's EMA as the paper's released code configures it (defaults: its CIFAR-10 values)."""
     return EmaSchedule(beta=beta, warmup=True, update_every=update_every, start=start, inv_gamma=inv_gamma, power=power)
 

@@ -87,8 +87,14 @@ def export_run(run: Path, out: Path, *, overwrite: bool = False) -> Path:
     if not ema:
         raise ckpt.CheckpointError(f"checkpoint {chk.path} holds no EMA weights (no 'ema.' tensors)")
     shape = [int(s) for s in chk.meta["data_shape"]]
-    info = {"format": FORMAT, "version": VERSION, "step": int(chk.meta["step"]), "data_shape": shape,
-            "num_classes": int(chk.meta.get("num_classes", 0)), "source": str(chk.path)}
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(chk.meta["step"]),
+        "data_shape": shape,
+        "num_classes": int(chk.meta.get("num_classes", 0)),
+        "source": str(chk.path),
+    }
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in ema.items()}
     atomic_write_bytes(out / WEIGHTS, st_save(tensors, metadata={"gcflow": json.dumps(info)}))

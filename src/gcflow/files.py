@@ -17,8 +17,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 

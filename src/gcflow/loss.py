@@ -36,4 +36,3 @@ def consistency_loss(
     with replay():
         pred = model(pairs.x_next, pairs.sigma_next)
     return pairs.weight * distance(pred, target.detach())
-

@@ -43,7 +43,9 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> np.ndar
     grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, q = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = x[i].permute(1, 2, 0).numpy()
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = (
+            x[i].permute(1, 2, 0).numpy()
+        )
     return grid
 
 
@@ -110,13 +112,20 @@ def _style_axis(ax: plt.Axes, key: str, values: Sequence[float]) -> None:
         ax.set_yscale("log")
 
 
-def save_curves(path: Path, records: Sequence[dict], keys: Sequence[str], floor_keys: dict[str, str] | None = None, title: str = "") -> None:
+def save_curves(
+    path: Path, records: Sequence[dict], keys: Sequence[str], floor_keys: dict[str, str] | None = None, title: str = ""
+) -> None:
     """Plot metrics (one panel per key) against the training step from metrics.jsonl records."""
     save_overlaid_curves(path, {"": records}, keys, floor_keys, title)
 
 
-def save_overlaid_curves(path: Path, runs: Mapping[str, Sequence[dict]], keys: Sequence[str],
-                         floor_keys: dict[str, str] | None = None, title: str = "") -> list[str]:
+def save_overlaid_curves(
+    path: Path,
+    runs: Mapping[str, Sequence[dict]],
+    keys: Sequence[str],
+    floor_keys: dict[str, str] | None = None,
+    title: str = "",
+) -> list[str]:
     """One panel per metric key with one curve per run, against the training step; returns the keys drawn.
 
     Args:
@@ -147,7 +156,7 @@ def save_overlaid_curves(path: Path, runs: Mapping[str, Sequence[dict]], keys: S
         _style_axis(ax, key, values)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -41,7 +41,11 @@ PRECISIONS = ("fp64", "fp32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # σ bands of the lower level σ_i of a pair; "all" draws levels as training does.
 SIGMA_BANDS: dict[str, tuple[float, float] | None] = {
-    "all": None, "0.002-0.1": (0.0, 0.1), "0.1-1": (0.1, 1.0), "1-5": (1.0, 5.0), "5-80": (5.0, math.inf),
+    "all": None,
+    "0.002-0.1": (0.0, 0.1),
+    "0.1-1": (0.1, 1.0),
+    "1-5": (1.0, 5.0),
+    "5-80": (5.0, math.inf),
 }
 
 
@@ -60,9 +64,18 @@ class Probe:
     weight: Tensor
 
 
-def draw_probe(x0: Tensor, n: int, generator: torch.Generator, band: tuple[float, float] | None = None, *,
-               sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, p_mean: float = -1.1,
-               p_std: float = 2.0) -> Probe | None:
+def draw_probe(
+    x0: Tensor,
+    n: int,
+    generator: torch.Generator,
+    band: tuple[float, float] | None = None,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    p_mean: float = -1.1,
+    p_std: float = 2.0,
+) -> Probe | None:
     """Levels of curriculum stage N = n for data x0 (B, *D), restricted to intervals with σ_i in `band`.
 
     Within the band the intervals keep their lognormal probabilities (renormalised). Returns None when
@@ -134,8 +147,13 @@ def loss_and_grad(model: nn.Module, probe: Probe, precision: str, distance: Dist
     net.requires_grad_(True)
     device = next(net.parameters()).device
     cast = {"dtype": dtype, "device": device}
-    pairs = ct_pairs(probe.x0.to(**cast), probe.z.to(**cast), probe.sigma_i.to(**cast),
-                     probe.sigma_next.to(**cast), probe.weight.to(**cast))
+    pairs = ct_pairs(
+        probe.x0.to(**cast),
+        probe.z.to(**cast),
+        probe.sigma_i.to(**cast),
+        probe.sigma_next.to(**cast),
+        probe.weight.to(**cast),
+    )
 
     def f(x: Tensor, s: Tensor) -> Tensor:
         with autocast_context(precision, device):
@@ -148,8 +166,9 @@ def loss_and_grad(model: nn.Module, probe: Probe, precision: str, distance: Dist
     scale = 2.0**16 if precision == "fp16" else 1.0
     while True:
         grads = torch.autograd.grad(loss * scale, params, allow_unused=True, retain_graph=scale > 1)
-        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
-                          for g, p in zip(grads, params)])
+        flat = torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).reshape(-1).double() for g, p in zip(grads, params)]
+        )
         if scale == 1.0 or bool(torch.isfinite(flat).all()):
             return LossGrad(float(loss.detach()), flat / scale)
         scale /= 2.0
@@ -196,17 +215,30 @@ def compare(run: LossGrad, ref: LossGrad, momentum: Tensor | None = None, beta1:
     return Agreement(run.loss, ref.loss, rel, cosine, float(agree.double().mean()))
 
 
-def measure(model: nn.Module, probe: Probe, precisions: tuple[str, ...] = ("fp32", "bf16", "fp16"),
-            reference: str = "fp64", distance: Distance = pseudo_huber,
-            momentum: Tensor | None = None) -> dict[str, Agreement]:
+def measure(
+    model: nn.Module,
+    probe: Probe,
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16"),
+    reference: str = "fp64",
+    distance: Distance = pseudo_huber,
+    momentum: Tensor | None = None,
+) -> dict[str, Agreement]:
     """Agreement of each precision with the reference on one probe: {precision: Agreement}."""
     ref = loss_and_grad(model, probe, reference, distance)
     return {p: compare(loss_and_grad(model, probe, p, distance), ref, momentum) for p in precisions}
 
 
-def precision_agrees(model: nn.Module, probe: Probe, precision: str = "bf16", reference: str = "fp32", *,
-                     sign_tol: float = 0.99, loss_tol: float = 0.01, distance: Distance = pseudo_huber,
-                     momentum: Tensor | None = None) -> tuple[bool, Agreement]:
+def precision_agrees(
+    model: nn.Module,
+    probe: Probe,
+    precision: str = "bf16",
+    reference: str = "fp32",
+    *,
+    sign_tol: float = 0.99,
+    loss_tol: float = 0.01,
+    distance: Distance = pseudo_huber,
+    momentum: Tensor | None = None,
+) -> tuple[bool, Agreement]:
     """The check of `train.precision=auto`: may `precision` replace `reference` on this batch?
 
     ok when the Lion sign agreement is ≥ sign_tol (99 %) and the loss is within loss_tol (1 %,

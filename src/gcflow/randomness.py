@@ -26,7 +26,9 @@ def stream_seed(seed: int, step: int, stream: str, rank: int = 0) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def step_generator(seed: int, step: int, stream: str, device: torch.device | str = "cpu", rank: int = 0) -> torch.Generator:
+def step_generator(
+    seed: int, step: int, stream: str, device: torch.device | str = "cpu", rank: int = 0
+) -> torch.Generator:
     """A fresh generator on `device` for one (seed, step, stream[, rank])."""
     g = torch.Generator(device=device)
     g.manual_seed(stream_seed(seed, step, stream, rank))

@@ -20,8 +20,23 @@ from gcflow.plotting import metric_label, save_overlaid_curves
 NOT_CURVES = {"step", "images", "kind", "seconds", "partial", "window_steps", "loss_sum", "grad_norm_sum", "gc_rows"}
 FLOORS = {"w2": "w2_noise_floor", "sliced_w2": "sliced_w2_noise_floor"}
 # Curves first in this order (the training record, then evaluations); other numeric keys after, sorted.
-CURVE_ORDER = ["loss", "grad_norm", "lr", "n_scales", "mu", "gc_fraction", "images_per_s", "step_time_ms",
-               "w2", "sliced_w2", "classifier_fd", "pixel_sliced_w2", "fid", "kid", "is"]
+CURVE_ORDER = [
+    "loss",
+    "grad_norm",
+    "lr",
+    "n_scales",
+    "mu",
+    "gc_fraction",
+    "images_per_s",
+    "step_time_ms",
+    "w2",
+    "sliced_w2",
+    "classifier_fd",
+    "pixel_sliced_w2",
+    "fid",
+    "kid",
+    "is",
+]
 
 
 class ReportError(ValueError):
@@ -80,8 +95,13 @@ def config_diff(configs: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
 
 def curve_keys(runs: Sequence[RunRecords]) -> list[str]:
     """The numeric metrics recorded by any run, in CURVE_ORDER then alphabetical order."""
-    found = {k for r in runs for rec in r.records for k, v in rec.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    found = {
+        k
+        for r in runs
+        for rec in r.records
+        for k, v in rec.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     found -= NOT_CURVES | set(FLOORS.values())
     return [k for k in CURVE_ORDER if k in found] + sorted(found - set(CURVE_ORDER))
 
@@ -90,7 +110,9 @@ def final_metrics(run: RunRecords) -> dict[str, Any]:
     """The run's final numbers: summary.json's scalars, or while it runs the newest value of each metric
     of its evaluations (the training records' every-log_every values when it has not evaluated yet)."""
     if run.summary is not None:
-        return {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str)) and k not in ("run_dir", "kind")}
+        return {
+            k: v for k, v in run.summary.items() if isinstance(v, (int, float, str)) and k not in ("run_dir", "kind")
+        }
     evals = [r for r in run.records if r.get("kind") != "train"]
     last: dict[str, Any] = {}
     for rec in evals or run.records:
@@ -123,8 +145,11 @@ def render(runs: Sequence[RunRecords], png_name: str | None) -> str:
     """The markdown page for `runs`; `png_name` is the curves picture beside it (None: no curves)."""
     labels = [r.label for r in runs]
     lines = [f"# gcflow report: {' vs '.join(labels)}", "", "Runs:"]
-    lines += [f"* `{r.label}`: `{r.path}` ({'finished' if r.summary else 'no summary.json yet'}, "
-              f"{len(r.records)} metrics records)" for r in runs]
+    lines += [
+        f"* `{r.label}`: `{r.path}` ({'finished' if r.summary else 'no summary.json yet'}, "
+        f"{len(r.records)} metrics records)"
+        for r in runs
+    ]
     lines += ["", "## Configuration differences", ""]
     diff = config_diff([r.config for r in runs])
     if len(runs) == 1:
@@ -134,12 +159,17 @@ def render(runs: Sequence[RunRecords], png_name: str | None) -> str:
     else:
         lines += _table(["setting", *labels], [[f"`{k}`", *v] for k, v in diff.items()])
     lines += ["", "## Curves", ""]
-    lines.append(f"![metrics of {', '.join(labels)} against the training step]({png_name})" if png_name
-                 else "No run has recorded metrics yet.")
+    lines.append(
+        f"![metrics of {', '.join(labels)} against the training step]({png_name})"
+        if png_name
+        else "No run has recorded metrics yet."
+    )
     lines += ["", "## Final metrics", ""]
     finals = [final_metrics(r) for r in runs]
     keys = [k for k in dict.fromkeys(k for f in finals for k in f) if k not in ("config",)]
-    rows = [[f"`{k}`" + (f": {metric_label(k)}" if metric_label(k) != k else ""), *[f.get(k) for f in finals]] for k in keys]
+    rows = [
+        [f"`{k}`" + (f": {metric_label(k)}" if metric_label(k) != k else ""), *[f.get(k) for f in finals]] for k in keys
+    ]
     lines += _table(["metric", *labels], rows) if rows else ["No metrics yet."]
     return "\n".join(lines) + "\n"
 
@@ -161,7 +191,8 @@ def write_report(run_dirs: Sequence[Path], out: Path, *, overwrite: bool = False
     if md.exists() and not overwrite:
         raise ReportError(f"{md} already exists; pass --overwrite to replace it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    drawn = save_overlaid_curves(png, {r.label: r.records for r in runs}, curve_keys(runs), FLOORS,
-                                 title=" vs ".join(r.label for r in runs))
+    drawn = save_overlaid_curves(
+        png, {r.label: r.records for r in runs}, curve_keys(runs), FLOORS, title=" vs ".join(r.label for r in runs)
+    )
     atomic_write_bytes(md, render(runs, png.name if drawn else None).encode())
     return md

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -74,7 +74,9 @@ def sample_multistep(
     return x
 
 
-def default_multistep_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> list[float]:
+def default_multistep_sigmas(
+    steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> list[float]:
     """Intermediate levels for a `steps`-step sampler: `steps − 1` Karras levels strictly inside (σ_min, σ_max).
 
     (iCT tunes its two-step level by hand, e.g. σ = 0.821 on CIFAR-10; pass explicit levels for that.)

@@ -71,8 +71,11 @@ class MuSchedule:
         return self.mu > 0 or (self.mu_end is not None and self.mu_end > 0)
 
     @staticmethod
-    def from_released(mix_gen_induced_traj: float, mix_gen_induced_traj_end: float | None = None,
-                      start_generator_induced_traj: int = 0) -> MuSchedule:
+    def from_released(
+        mix_gen_induced_traj: float,
+        mix_gen_induced_traj_end: float | None = None,
+        start_generator_induced_traj: int = 0,
+    ) -> MuSchedule:
         """The released code's schedule in gcflow's terms (its flag is P(IC); see the module docstring)."""
         end = None if mix_gen_induced_traj_end is None else mu_from_released_flag(mix_gen_induced_traj_end)
         return MuSchedule(mu_from_released_flag(mix_gen_induced_traj), end, start_generator_induced_traj)

@@ -85,8 +85,10 @@ def out_of_memory_errors() -> tuple[type[BaseException], ...]:
 def describe_out_of_memory(exc: BaseException) -> str:
     """One line for an out-of-memory failure, with the usual fixes (the library's text is dropped: it is many lines)."""
     where = "GPU" if type(exc) is not MemoryError else "host"
-    return (f"out of {where} memory ({type(exc).__name__}); lower the batch size (--batch or train.batch_size), "
-            "use a smaller network, or free memory used by other processes")
+    return (
+        f"out of {where} memory ({type(exc).__name__}); lower the batch size (--batch or train.batch_size), "
+        "use a smaller network, or free memory used by other processes"
+    )
 
 
 def one_line_usage_errors(parser: argparse.ArgumentParser) -> None:

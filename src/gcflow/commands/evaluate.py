@@ -24,14 +24,24 @@ from gcflow.training.run_dir import RUN_FILES, out_path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a gcflow run folder (its newest good checkpoint's EMA weights)")
     p.add_argument("--ref", type=Path, required=True, help="reference statistics from 'gcflow fid-ref'")
-    p.add_argument("--extractor", default="auto", help="must match the one the statistics were made with (auto, inception, classifier)")
-    p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights (Inception statistics)")
+    p.add_argument(
+        "--extractor",
+        default="auto",
+        help="must match the one the statistics were made with (auto, inception, classifier)",
+    )
+    p.add_argument(
+        "--inception-weights", type=Path, default=None, help="local Inception-v3 weights (Inception statistics)"
+    )
     p.add_argument("--num-samples", type=int, default=50_000, help="samples per draw (paper: 50000)")
     p.add_argument("--draws", type=int, default=5, help="independent draws (paper: 5)")
     p.add_argument("--steps", type=int, default=1, help="sampler steps (1 = one-step)")
     p.add_argument("--batch", type=int, default=250, help="samples per forward pass")
-    p.add_argument("--fid-protocol", choices=("gcflow", "released"), default="gcflow",
-                   help="how samples become 8-bit images: gcflow rounds; released clips and truncates as the paper's code")
+    p.add_argument(
+        "--fid-protocol",
+        choices=("gcflow", "released"),
+        default="gcflow",
+        help="how samples become 8-bit images: gcflow rounds; released clips and truncates as the paper's code",
+    )
     p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets per draw (0 = skip KID)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", type=out_path, default=None, help="results JSON (default RUN_DIR/eval-<steps>step.json)")
@@ -80,7 +90,14 @@ def _run(args: argparse.Namespace) -> int:
             f"{tuple(run.data_shape)}: its W2 metrics are in metrics.jsonl and summary.json"
         )
     meta = read_reference_meta(args.ref)
-    ext = build_extractor(args.extractor, meta["dataset"], cfg.data.root or None, cfg.data.resolution or None, args.inception_weights, device)
+    ext = build_extractor(
+        args.extractor,
+        meta["dataset"],
+        cfg.data.root or None,
+        cfg.data.resolution or None,
+        args.inception_weights,
+        device,
+    )
     ref = load_reference_stats(args.ref, extractor=ext.name)
     shape, k = run.data_shape, run.num_classes
 
@@ -92,12 +109,30 @@ def _run(args: argparse.Namespace) -> int:
         images = generate(model, z, cfg, args.steps, class_labels=labels, seed=seed_start).cpu()
         return quantise_samples(images, args.fid_protocol)
 
-    res = evaluate_generator(sample_fn, ext, ref, num_samples=args.num_samples, draws=args.draws, batch=args.batch,
-                             kid_subsets=args.kid_subsets, log=lambda m: print(f"gcflow: {m}"))
-    res.update({"run_dir": str(args.run_dir), "sampler_steps": args.steps, "reference": str(args.ref),
-                "fid_protocol": args.fid_protocol})
+    res = evaluate_generator(
+        sample_fn,
+        ext,
+        ref,
+        num_samples=args.num_samples,
+        draws=args.draws,
+        batch=args.batch,
+        kid_subsets=args.kid_subsets,
+        log=lambda m: print(f"gcflow: {m}"),
+    )
+    res.update(
+        {
+            "run_dir": str(args.run_dir),
+            "sampler_steps": args.steps,
+            "reference": str(args.ref),
+            "fid_protocol": args.fid_protocol,
+        }
+    )
     check_output(out, args.overwrite)  # (again: it may have appeared while sampling)
     atomic_write_text(out, json.dumps(res, indent=2) + "\n")
-    summary = ", ".join(f"{m.upper()} {res[m + '_mean']:.3f} ± {res[m + '_std']:.3f}" for m in ("fid", "kid", "is") if f"{m}_mean" in res)
+    summary = ", ".join(
+        f"{m.upper()} {res[m + '_mean']:.3f} ± {res[m + '_std']:.3f}"
+        for m in ("fid", "kid", "is")
+        if f"{m}_mean" in res
+    )
     print(f"gcflow: {summary} ({args.draws} draws of {args.num_samples}); written to {out}")
     return 0

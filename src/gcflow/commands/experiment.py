@@ -71,8 +71,10 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, ArithmeticError) as exc:  # e.g. a diverged training: non-finite numbers
         remove_failed_start(out, created)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return _fail(f"experiment {args.name} failed ({type(exc).__name__}: {first}); no results.json was written "
-                     "(a diverged run? see 'gcflow experiment NAME --options')")
+        return _fail(
+            f"experiment {args.name} failed ({type(exc).__name__}: {first}); no results.json was written "
+            "(a diverged run? see 'gcflow experiment NAME --options')"
+        )
     except BaseException:
         remove_failed_start(out, created)  # a folder this command made is not left empty
         raise

@@ -15,15 +15,32 @@ from gcflow.training.run_dir import out_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="dataset name (cifar10, imagenet32, imagenet32-full, celeba64, celeba64-crop140, lsun-church64, ffhq64, folder, digits, mnist, fashion-mnist)")
+    p.add_argument(
+        "dataset",
+        help="dataset name (cifar10, imagenet32, imagenet32-full, celeba64, celeba64-crop140, lsun-church64, ffhq64, folder, digits, mnist, fashion-mnist)",
+    )
     p.add_argument("--root", default=None, help="the dataset's directory (see the dataset's expected layout)")
     p.add_argument("--split", default="train", help="split to describe (default train, as the paper)")
     p.add_argument("--resolution", type=int, default=None, help="resize/centre-crop to this side (folder datasets)")
-    p.add_argument("--extractor", default="auto", help="auto (classifier for digits/MNIST/Fashion-MNIST, else inception), inception or classifier")
-    p.add_argument("--inception-weights", type=Path, default=None, help="local Inception-v3 weights file for torch-fidelity's extractor")
+    p.add_argument(
+        "--extractor",
+        default="auto",
+        help="auto (classifier for digits/MNIST/Fashion-MNIST, else inception), inception or classifier",
+    )
+    p.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=None,
+        help="local Inception-v3 weights file for torch-fidelity's extractor",
+    )
     p.add_argument("--batch", type=int, default=250, help="images per feature pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--out", type=out_path, default=None, help="output .npz (default $GCFLOW_CACHE/fid-refs/<dataset>-<split>-<extractor>.npz)")
+    p.add_argument(
+        "--out",
+        type=out_path,
+        default=None,
+        help="output .npz (default $GCFLOW_CACHE/fid-refs/<dataset>-<split>-<extractor>.npz)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing statistics file")
     one_line_usage_errors(p)
 
@@ -48,8 +65,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out} already exists; pass --overwrite to recompute it")
     data = load_image_dataset(args.dataset, args.root, split=args.split, resolution=args.resolution)
     stats = compute_reference_stats(data.images, ext, batch=args.batch)
-    meta = {"dataset": args.dataset, "split": args.split, "num_images": len(data), "extractor": ext.name,
-            "resolution": int(data.images.shape[-1])}
+    meta = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "num_images": len(data),
+        "extractor": ext.name,
+        "resolution": int(data.images.shape[-1]),
+    }
     if hasattr(ext, "weights_sha256"):
         meta["weights_sha256"] = ext.weights_sha256
     out.parent.mkdir(parents=True, exist_ok=True)

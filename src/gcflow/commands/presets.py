@@ -12,8 +12,12 @@ from gcflow.training.presets import all_presets, load_preset
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--show", metavar="NAME", default=None, help="print the preset's resolved config (and network size)")
-    p.add_argument("overrides", nargs="*", metavar="group.field=value",
-                   help="with --show: preview the config with these overrides, as 'gcflow train' would resolve it")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="group.field=value",
+        help="with --show: preview the config with these overrides, as 'gcflow train' would resolve it",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

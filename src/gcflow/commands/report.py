@@ -14,8 +14,12 @@ from gcflow.commands.errors import report as report_error
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="gcflow run folders (finished or running)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="folder for report.md and report.png (default: the run folder for one run, ./report for several)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for report.md and report.png (default: the run folder for one run, ./report for several)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing report.md in --out")
     one_line_usage_errors(p)
 

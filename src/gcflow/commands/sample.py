@@ -42,18 +42,32 @@ MAX_SEED = 2**64 - 1  # torch generators take seeds in [0, 2^64)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="a gcflow run folder (its newest good checkpoint is used)")
     p.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampler steps: 1 (one-step, the default) or more (multistep, Karras-spaced levels)")
-    p.add_argument("--sigmas", default=None, metavar="S1,S2,...",
-                   help="the sampler's noise levels, decreasing, within the run's [sigma_min, sigma_max], "
-                        "e.g. 80,0.821 (two steps); replaces --steps")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps: 1 (one-step, the default) or more (multistep, Karras-spaced levels)",
+    )
+    p.add_argument(
+        "--sigmas",
+        default=None,
+        metavar="S1,S2,...",
+        help="the sampler's noise levels, decreasing, within the run's [sigma_min, sigma_max], "
+        "e.g. 80,0.821 (two steps); replaces --steps",
+    )
     p.add_argument("--seed", type=int, default=0, help="first per-sample seed (sample i uses seed+i)")
     p.add_argument("--batch", type=int, default=500, help="samples per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--out", type=out_path, default=None, help="output stem (default RUN_DIR/samples/n<N>-steps<K>-seed<S>)")
+    p.add_argument(
+        "--out", type=out_path, default=None, help="output stem (default RUN_DIR/samples/n<N>-steps<K>-seed<S>)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--label", type=int, default=None,
-                   help="class-conditional runs: the class to draw (default: sample i gets class (seed+i) mod K)")
+    p.add_argument(
+        "--label",
+        type=int,
+        default=None,
+        help="class-conditional runs: the class to draw (default: sample i gets class (seed+i) mod K)",
+    )
     one_line_usage_errors(p)
 
 
@@ -146,16 +160,24 @@ def sampler_levels(cfg: Config, steps: int | None, sigmas: str | None) -> list[f
     ok = bool(levels) and all(math.isfinite(s) and m.sigma_min <= s <= m.sigma_max for s in levels)
     ok = ok and all(a > b for a, b in zip(levels, levels[1:])) and all(s > m.sigma_min for s in levels[1:])
     if not ok:
-        raise ConfigError(f"--sigmas {sigmas!r} must be noise levels separated by commas, strictly decreasing, within "
-                          f"the run's [sigma_min, sigma_max] = [{m.sigma_min:g}, {m.sigma_max:g}], e.g. "
-                          f"--sigmas {m.sigma_max:g},0.821")
+        raise ConfigError(
+            f"--sigmas {sigmas!r} must be noise levels separated by commas, strictly decreasing, within "
+            f"the run's [sigma_min, sigma_max] = [{m.sigma_min:g}, {m.sigma_max:g}], e.g. "
+            f"--sigmas {m.sigma_max:g},0.821"
+        )
     if steps is not None and steps != len(levels):
         raise ConfigError(f"--steps {steps} and --sigmas {sigmas} ({len(levels)} levels) disagree; give one of them")
     return levels
 
 
-def sample_at_levels(model: torch.nn.Module, z: torch.Tensor, cfg: Config, levels: list[float],
-                     class_labels: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+def sample_at_levels(
+    model: torch.nn.Module,
+    z: torch.Tensor,
+    cfg: Config,
+    levels: list[float],
+    class_labels: torch.Tensor | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
     """Samples (B, *D) from standard normals z (B, *D): denoise from levels[0]·z, then re-noise to each
     further level and denoise. With levels = [σ_max, *default_multistep_sigmas(K)] this is exactly
     `training.evaluate.generate(..., steps=K)` (same re-noising generator)."""

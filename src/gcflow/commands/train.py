@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import re
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gcflow.commands.errors import one_line_usage_errors, run_guarded, user_errors
 from gcflow.training.config import (
@@ -25,18 +26,30 @@ from gcflow.training.run_dir import out_path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="group.field=value", help="override any config field (listed below)")
     p.add_argument("--preset", default=None, help=f"starting preset (default {DEFAULT_PRESET}; see 'gcflow presets')")
-    p.add_argument("--out", type=out_path, default=None,
-                   help="run folder (default: a new runs/<preset>[-<changed options>]-<time>-<id>)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="shorthand for train.steps=N; with --resume, extend the run to N steps, see README")
+    p.add_argument(
+        "--out",
+        type=out_path,
+        default=None,
+        help="run folder (default: a new runs/<preset>[-<changed options>]-<time>-<id>)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="shorthand for train.steps=N; with --resume, extend the run to N steps, see README",
+    )
     p.add_argument("--mu", type=float, default=None, help="shorthand for method.gc_mu=MU, the probability of a GC pair")
     p.add_argument("--seed", type=int, default=None, help="shorthand for train.seed=S")
     p.add_argument("--device", default=None, help="shorthand for train.device=DEV")
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue RUN_DIR from its newest good checkpoint")
+    p.add_argument(
+        "--resume", type=Path, default=None, metavar="RUN_DIR", help="continue RUN_DIR from its newest good checkpoint"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--auto-resume", action="store_true",
-                   help="with --out DIR: start DIR, or resume it if it holds a run of the same config "
-                   "(for requeued jobs)")
+    p.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="with --out DIR: start DIR, or resume it if it holds a run of the same config (for requeued jobs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = "options (group.field  type  default  meaning):\n" + describe_options()
     _add_steering_arguments(p)
@@ -88,8 +101,16 @@ def _run(args: argparse.Namespace, say: Callable[..., None]) -> int:
         created = made_root or run_dir
     say(f"gcflow: run folder {run_dir}")
     try:
-        result = train(cfg, run_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress,
-                       validated=True, auto_resume=args.auto_resume, extend_to=args.steps if resume else None)
+        result = train(
+            cfg,
+            run_dir,
+            resume=resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            validated=True,
+            auto_resume=args.auto_resume,
+            extend_to=args.steps if resume else None,
+        )
     except Interrupted as exc:
         say(f"gcflow: {exc}")
         return 130
@@ -100,8 +121,10 @@ def _run(args: argparse.Namespace, say: Callable[..., None]) -> int:
     s = result.summary
     say(f"gcflow: finished {s.get('step', 0)} steps in {s['wall_seconds']:.1f} s; run folder {result.run_dir}")
     if "w2" in s:
-        say(f"gcflow: final W2 = {s['w2']:.4f} (noise floor {s['w2_noise_floor']:.4f}); "
-              f"sliced W2 = {s['sliced_w2']:.4f} (noise floor {s['sliced_w2_noise_floor']:.4f})")
+        say(
+            f"gcflow: final W2 = {s['w2']:.4f} (noise floor {s['w2_noise_floor']:.4f}); "
+            f"sliced W2 = {s['sliced_w2']:.4f} (noise floor {s['sliced_w2_noise_floor']:.4f})"
+        )
     for key in ("classifier_fd", "pixel_sliced_w2"):
         if key in s:
             say(f"gcflow: final {key} = {s[key]:.4f}")
@@ -115,8 +138,13 @@ SHORTHANDS = (("steps", "train.steps"), ("mu", "method.gc_mu"), ("seed", "train.
 
 def _add_steering_arguments(p: argparse.ArgumentParser) -> None:
     """--config, and a --help that shows the values of the chosen preset or config (not the library's)."""
-    p.add_argument("--config", type=Path, default=None, metavar="RUN/config.json",
-                   help="start from an earlier run's config.json instead of a preset (overrides still apply)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="RUN/config.json",
+        help="start from an earlier run's config.json instead of a preset (overrides still apply)",
+    )
     # -h/--help only sets a flag: the page is printed by run(), once --preset/--config are known
     # wherever they appear on the line.
     p.conflict_handler = p._optionals.conflict_handler = "resolve"  # replaces argparse's own -h/--help

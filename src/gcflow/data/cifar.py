@@ -53,15 +53,17 @@ LAYOUT = f"<root>/{FOLDER}/data_batch_1..5 and test_batch, or <root>/{TARBALL}"
 
 # (module, name) pairs an ndarray pickle needs: numpy 1.x and 2.x spellings, protocols 2-5.
 # `_codecs.encode` is how Python 3 writes bytes objects at protocol <= 2; it only transcodes.
-SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset({
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),
-})
+SAFE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
 
 
 class ForbiddenGlobal(pickle.UnpicklingError):
@@ -83,25 +85,24 @@ def safe_unpickle(data: bytes, path: str) -> Any:
         return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
     except ForbiddenGlobal as err:
         raise DatasetError(
-            f"refused to unpickle {path}: {err}; "
-            f"CIFAR batches may contain only numpy arrays, re-download from {SOURCE}"
+            f"refused to unpickle {path}: {err}; CIFAR batches may contain only numpy arrays, re-download from {SOURCE}"
         ) from None
     except Exception as err:  # truncated or garbled pickles raise many types (EOFError, ValueError, ...)
         raise DatasetError(
-            f"corrupt or truncated CIFAR batch {path} ({type(err).__name__}: {err}); "
-            f"re-download from {SOURCE}"
+            f"corrupt or truncated CIFAR batch {path} ({type(err).__name__}: {err}); re-download from {SOURCE}"
         ) from None
 
 
 def decode_batch(obj: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Check an unpickled batch dict and return ((N, 3, 32, 32) uint8, (N,) int64)."""
     if not isinstance(obj, dict):
-        raise DatasetError(f"CIFAR batch {path} holds a {type(obj).__name__}, expected a dict; re-download from {SOURCE}")
+        raise DatasetError(
+            f"CIFAR batch {path} holds a {type(obj).__name__}, expected a dict; re-download from {SOURCE}"
+        )
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
     if "data" not in batch or "labels" not in batch:
         raise DatasetError(
-            f"CIFAR batch {path} lacks 'data' or 'labels' (keys {sorted(map(str, batch))}); "
-            f"re-download from {SOURCE}"
+            f"CIFAR batch {path} lacks 'data' or 'labels' (keys {sorted(map(str, batch))}); re-download from {SOURCE}"
         )
     data, labels = batch["data"], np.asarray(batch["labels"])
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
@@ -112,8 +113,7 @@ def decode_batch(obj: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise DatasetError(
-            f"CIFAR batch {path} has {labels.shape} labels for {data.shape[0]} images; "
-            f"re-download from {SOURCE}"
+            f"CIFAR batch {path} has {labels.shape} labels for {data.shape[0]} images; re-download from {SOURCE}"
         )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DatasetError(f"CIFAR batch {path} has labels outside 0..9; re-download from {SOURCE}")

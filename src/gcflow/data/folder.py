@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -70,7 +70,9 @@ def list_images(root: Path) -> list[Path]:
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(folder) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        found.extend(
+            Path(folder) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
+        )
     return sorted(found)
 
 
@@ -167,7 +169,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_images(paths: list[Path], resolution: int, crop: CropRule | ResizeThenCrop = centre_square, workers: int | None = None) -> np.ndarray:
+def decode_images(
+    paths: list[Path], resolution: int, crop: CropRule | ResizeThenCrop = centre_square, workers: int | None = None
+) -> np.ndarray:
     """Decode many files in parallel threads (Pillow releases the GIL) into (N, 3, R, R) uint8."""
     out = np.empty((len(paths), resolution, resolution, 3), dtype=np.uint8)
 
@@ -184,7 +188,9 @@ def decode_images(paths: list[Path], resolution: int, crop: CropRule | ResizeThe
 
 
 def _image_dataset(name: str, paths: list[Path], resolution: int, crop: CropRule | ResizeThenCrop) -> ImageDataset:
-    return ImageDataset(images=tensor_from(decode_images(paths, resolution, crop)), labels=None, num_classes=0, name=name)
+    return ImageDataset(
+        images=tensor_from(decode_images(paths, resolution, crop)), labels=None, num_classes=0, name=name
+    )
 
 
 def load_folder(root: Path | None, split: str, resolution: int | None) -> ImageDataset:
@@ -199,8 +205,7 @@ def load_folder(root: Path | None, split: str, resolution: int | None) -> ImageD
     paths = list_images(root)
     if not paths:
         raise DatasetError(
-            f"no images found under {root}; "
-            f"expected .png/.jpg/.jpeg/.webp files (searched recursively); {ROOT_HINT}"
+            f"no images found under {root}; expected .png/.jpg/.jpeg/.webp files (searched recursively); {ROOT_HINT}"
         )
     return _image_dataset("folder", paths, resolution, centre_square)
 
@@ -214,7 +219,9 @@ def _folder_or_npz(
     root = require_root(name, root, layout)
     if root.is_file():
         if root.suffix != ".npz":
-            raise DatasetError(f"{name} root must be a directory of images or a prepared .npz file, got {root}; {ROOT_HINT}")
+            raise DatasetError(
+                f"{name} root must be a directory of images or a prepared .npz file, got {root}; {ROOT_HINT}"
+            )
         check_split(name, split, ("train", "all"))
         return root, target, load_prepared_npz(name, root, target)
     return root, target, None
@@ -230,8 +237,9 @@ def load_celeba64_crop140(root: Path | None, split: str, resolution: int | None)
     return _load_celeba("celeba64-crop140", celeba_crop, root, split, resolution)
 
 
-def _load_celeba(name: str, crop: CropRule | ResizeThenCrop, root: Path | None, split: str,
-                 resolution: int | None) -> ImageDataset:
+def _load_celeba(
+    name: str, crop: CropRule | ResizeThenCrop, root: Path | None, split: str, resolution: int | None
+) -> ImageDataset:
     layout = "<root>/img_align_celeba/*.jpg (+ <root>/list_eval_partition.txt), or a prepared .npz"
     root, target, prepared = _folder_or_npz(name, root, split, resolution, layout)
     if prepared is not None:
@@ -269,7 +277,9 @@ def _celeba_partition(root: Path, image_dir: Path, split: str) -> list[str]:
         if not fields:
             continue
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-            raise DatasetError(f"malformed line {number} in {path}: {line!r}; expected '<file> <0|1|2>', re-download it")
+            raise DatasetError(
+                f"malformed line {number} in {path}: {line!r}; expected '<file> <0|1|2>', re-download it"
+            )
         if int(fields[1]) == want:
             names.append(fields[0])
     return names
@@ -315,5 +325,6 @@ def load_imagenet32_full(root: Path | None, split: str, resolution: int | None) 
     if not paths:
         raise DatasetError(f"no imagenet32-full images found under {folder}; expected {layout}; {ROOT_HINT}")
     images = tensor_from(decode_images(paths, resolution or 32, RELEASED_IMAGENET))
-    return ImageDataset(images=images, labels=torch.tensor(labels, dtype=torch.int64), num_classes=len(classes),
-                        name="imagenet32-full")
+    return ImageDataset(
+        images=images, labels=torch.tensor(labels, dtype=torch.int64), num_classes=len(classes), name="imagenet32-full"
+    )

@@ -74,7 +74,9 @@ def parse_idx(data: bytes, path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DatasetError(f"not an IDX file (bad magic number): {path}; re-download it")
     if data[2] != _UBYTE:
-        raise DatasetError(f"IDX file {path} has element type 0x{data[2]:02x}, expected 0x08 (unsigned byte); re-download it")
+        raise DatasetError(
+            f"IDX file {path} has element type 0x{data[2]:02x}, expected 0x08 (unsigned byte); re-download it"
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
@@ -113,8 +115,7 @@ def find_idx_file(name: str, root: Path, stem: str) -> Path:
             if candidate.is_file():
                 return candidate
     raise DatasetError(
-        f"{name} file missing: {root / (stem + '.gz')}; "
-        f"expected <root>/{stem}.gz (from {_SOURCES[name]}); {ROOT_HINT}"
+        f"{name} file missing: {root / (stem + '.gz')}; expected <root>/{stem}.gz (from {_SOURCES[name]}); {ROOT_HINT}"
     )
 
 

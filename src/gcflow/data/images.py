@@ -23,8 +23,8 @@ Every reader has the signature `(root, split, resolution) -> ImageDataset` and r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gcflow.data.cifar import load_cifar10
 from gcflow.data.common import ImageDataset
@@ -58,7 +58,9 @@ IMAGE_DATASETS: dict[str, DatasetReader] = {
 }
 
 
-def load_image_dataset(name: str, root: str | Path | None, split: str = "train", resolution: int | None = None) -> ImageDataset:
+def load_image_dataset(
+    name: str, root: str | Path | None, split: str = "train", resolution: int | None = None
+) -> ImageDataset:
     """Load one split of the named dataset into memory as uint8 (N, C, H, W).
 
     Args:

@@ -17,7 +17,7 @@ So global batch number k is also a pure function of k: `batch(k)` seeks there di
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor

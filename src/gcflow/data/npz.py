@@ -64,8 +64,7 @@ def read_npz(path: Path, keys: tuple[str, ...], source: str, optional: tuple[str
         raise DatasetError(f"file missing: {path}; {ROOT_HINT}") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as err:
         raise DatasetError(
-            f"corrupt or truncated npz {path} ({type(err).__name__}: {err}); "
-            f"re-download or re-create it from {source}"
+            f"corrupt or truncated npz {path} ({type(err).__name__}: {err}); re-download or re-create it from {source}"
         ) from None
 
 
@@ -75,8 +74,7 @@ def _find_imagenet32(root: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise DatasetError(
-        f"imagenet32 file missing: {root / name}; "
-        f"expected {IMAGENET32_LAYOUT} (from {IMAGENET32_SOURCE}); {ROOT_HINT}"
+        f"imagenet32 file missing: {root / name}; expected {IMAGENET32_LAYOUT} (from {IMAGENET32_SOURCE}); {ROOT_HINT}"
     )
 
 
@@ -103,8 +101,7 @@ def load_imagenet32(root: Path | None, split: str, resolution: int | None) -> Im
             )
         if y.size and (y.min() < 1 or y.max() > 1000):
             raise DatasetError(
-                f"imagenet32 labels in {path} must be 1-based in 1..1000, "
-                f"found {y.min()}..{y.max()}; re-download it"
+                f"imagenet32 labels in {path} must be 1-based in 1..1000, found {y.min()}..{y.max()}; re-download it"
             )
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(y.astype(np.int64) - 1)

@@ -28,7 +28,9 @@ def toy(name: str) -> GaussianMixture:
         except ValueError:
             dim = 0
         if dim < 1:
-            raise ValueError(f"bad data name {name!r}; write gaussian:D with an integer dimension D >= 1, e.g. gaussian:16")
+            raise ValueError(
+                f"bad data name {name!r}; write gaussian:D with an integer dimension D >= 1, e.g. gaussian:16"
+            )
         return single_gaussian(dim, 0.0, GAUSSIAN_STD)
     return make_toy(name)
 

@@ -43,7 +43,10 @@ SIGMA_MIN = 0.002  # the end level of the exact map f⋆ (the presets' method.si
 
 @dataclass
 class DiscrepancyOptions(CommonOptions):
-    data: str = opt("two-modes", "toy distribution; gaussian:D for N(0, 0.5²I) in D dimensions (IC and GC analytic; kernel estimate only for D <= 3)")
+    data: str = opt(
+        "two-modes",
+        "toy distribution; gaussian:D for N(0, 0.5²I) in D dimensions (IC and GC analytic; kernel estimate only for D <= 3)",
+    )
     sigmas: tuple[float, ...] = opt((0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 80.0), "noise levels σ")
     ot_batches: tuple[int, ...] = opt((128, 512, 2048), "minibatch OT batch sizes")
     n_exact: int = opt(20000, "Monte-Carlo samples per σ for the exact IC value")
@@ -51,7 +54,10 @@ class DiscrepancyOptions(CommonOptions):
     n_train: int = opt(8000, "pairs per σ to train the denoiser estimator")
     n_test: int = opt(4000, "held-out pairs per σ to evaluate it")
     mlp_steps: int = opt(1500, "training steps of each denoiser estimator")
-    predictor: str = opt("", "run folder of a trained model for 'GC (model)'; empty: train one with the toy-gc preset (trainer toys only)")
+    predictor: str = opt(
+        "",
+        "run folder of a trained model for 'GC (model)'; empty: train one with the toy-gc preset (trainer toys only)",
+    )
     predictor_steps: int = opt(2000, "training steps of that model when it is trained here (0: no trained predictor)")
     rtol: float = opt(1e-5, "ODE tolerance for GC with the exact f⋆")
 
@@ -102,7 +108,12 @@ class DiscrepancyResults:
 
     def to_dict(self) -> dict[str, Any]:
         """The results.json entry (key order as published)."""
-        out: dict[str, Any] = {"data": self.data, "dim": self.dim, "sigmas": self.sigmas, "exact_ic": self.exact_ic.__dict__}
+        out: dict[str, Any] = {
+            "data": self.data,
+            "dim": self.dim,
+            "sigmas": self.sigmas,
+            "exact_ic": self.exact_ic.__dict__,
+        }
         out["couplings"] = self.couplings
         if self.closed_form is not None:
             out["closed_form"] = self.closed_form
@@ -119,13 +130,21 @@ def _predictor_dir(options: DiscrepancyOptions, out: Path) -> Path | None:
     if not (is_trainer_toy(options.data) and options.predictor_steps > 0):
         return None
     model_dir = out / "runs" / "gc-predictor"
-    overrides = [f"data.name={options.data}", f"train.steps={options.predictor_steps}", f"train.seed={options.seed}",
-                 "train.eval_every=0", "train.checkpoint_every=0", "train.device=cpu"]
+    overrides = [
+        f"data.name={options.data}",
+        f"train.steps={options.predictor_steps}",
+        f"train.seed={options.seed}",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.device=cpu",
+    ]
     train_toy(model_dir, "toy-gc", overrides, keep_all=False)
     return model_dir
 
 
-def _couplings(mix: GaussianMixture, options: DiscrepancyOptions, model_dir: Path | None) -> dict[str, tuple[CouplingSampler, bool]]:
+def _couplings(
+    mix: GaussianMixture, options: DiscrepancyOptions, model_dir: Path | None
+) -> dict[str, tuple[CouplingSampler, bool]]:
     """label -> (pair sampler, whether the coupling is the same at every σ), in the order they are estimated."""
     tol = ODETolerance(rtol=options.rtol, atol=options.rtol / 10)
 
@@ -141,8 +160,14 @@ def _couplings(mix: GaussianMixture, options: DiscrepancyOptions, model_dir: Pat
     return couplings
 
 
-def _estimate(coupling: CouplingSampler, level_free: bool, sigmas: list[float], options: DiscrepancyOptions,
-              g: torch.Generator, use_kernel: bool) -> dict[str, list[float]]:
+def _estimate(
+    coupling: CouplingSampler,
+    level_free: bool,
+    sigmas: list[float],
+    options: DiscrepancyOptions,
+    g: torch.Generator,
+    use_kernel: bool,
+) -> dict[str, list[float]]:
     """R̃_σ of one coupling per level: the MLP denoiser estimate and (low dimension) the kernel estimate."""
     n_kernel = options.n_kernel if use_kernel else 0
     total = options.n_train + options.n_test + n_kernel
@@ -153,18 +178,28 @@ def _estimate(coupling: CouplingSampler, level_free: bool, sigmas: list[float], 
         sets = [coupling(s, total, g) for s in sigmas]
 
     def split(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (torch.cat([torch.full((hi - lo,), i, dtype=torch.int64) for i in range(len(sigmas))]),
-                torch.cat([e[lo:hi] for e, _ in sets]),
-                torch.cat([zz[lo:hi] for _, zz in sets]))
+        return (
+            torch.cat([torch.full((hi - lo,), i, dtype=torch.int64) for i in range(len(sigmas))]),
+            torch.cat([e[lo:hi] for e, _ in sets]),
+            torch.cat([zz[lo:hi] for _, zz in sets]),
+        )
 
     settings = DenoiserSettings(steps=options.mlp_steps, seed=options.seed)
-    mlp = fit_denoiser_discrepancy(split(n_kernel, n_kernel + options.n_train), split(n_kernel + options.n_train, total), sigmas, settings)
+    mlp = fit_denoiser_discrepancy(
+        split(n_kernel, n_kernel + options.n_train), split(n_kernel + options.n_train, total), sigmas, settings
+    )
     entry = {"mlp": mlp.values, "mlp_stderr": mlp.stderr}
     if not use_kernel:
         entry["best"] = list(mlp.values)
         return entry
     kern = [kernel_discrepancy(e[:n_kernel], zz[:n_kernel], s) for (e, zz), s in zip(sets, sigmas)]
-    entry.update({"kernel": [e.value for e in kern], "kernel_stderr": [e.stderr for e in kern], "kernel_bandwidth": [e.bandwidth for e in kern]})
+    entry.update(
+        {
+            "kernel": [e.value for e in kern],
+            "kernel_stderr": [e.stderr for e in kern],
+            "kernel_bandwidth": [e.bandwidth for e in kern],
+        }
+    )
     entry["best"] = [min(a, b) for a, b in zip(entry["kernel"], mlp.values)]
     return entry
 
@@ -179,8 +214,10 @@ def measure(options: DiscrepancyOptions, out: Path) -> DiscrepancyResults:
     res = DiscrepancyResults(options.data, mix.dim, sigmas, exact, use_kernel=mix.dim <= 3, model_dir=model_dir)
     if _is_gaussian(mix):
         s0 = float(mix.stds[0, 0])
-        res.closed_form = {"IC": [gaussian_ic_discrepancy(s, s0, mix.dim) for s in sigmas],
-                           "GC (exact f⋆)": [gaussian_gc_discrepancy(s, s0, mix.dim) for s in sigmas]}
+        res.closed_form = {
+            "IC": [gaussian_ic_discrepancy(s, s0, mix.dim) for s in sigmas],
+            "GC (exact f⋆)": [gaussian_gc_discrepancy(s, s0, mix.dim) for s in sigmas],
+        }
     for k, (label, (coupling, level_free)) in enumerate(couplings.items()):
         g = experiment_generator(options.seed, 10 + k)
         res.couplings[label] = _estimate(coupling, level_free, sigmas, options, g, res.use_kernel)
@@ -202,9 +239,22 @@ def draw_figures(res: DiscrepancyResults, out: Path) -> None:
         line = axes[0].plot(sigmas, main, marker="o", ms=3, label=label)[0]
         if res.use_kernel:
             axes[0].plot(sigmas, r["mlp"], ls="--", color=line.get_color(), lw=1)
-        axes[1].plot(sigmas, [b / e for b, e in zip(r["best"], res.exact_ic.values)], marker="o", ms=3, color=line.get_color(), label=label)
+        axes[1].plot(
+            sigmas,
+            [b / e for b, e in zip(r["best"], res.exact_ic.values)],
+            marker="o",
+            ms=3,
+            color=line.get_color(),
+            label=label,
+        )
     how = "solid: kernel, dashed: MLP" if res.use_kernel else "MLP denoiser estimate"
-    axes[0].set(xscale="log", yscale="log", xlabel="σ", ylabel="R̃_σ = E‖z − v_σ(x̃_σ)‖²", title=f"{res.data} (d = {res.dim}); {how}")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="σ",
+        ylabel="R̃_σ = E‖z − v_σ(x̃_σ)‖²",
+        title=f"{res.data} (d = {res.dim}); {how}",
+    )
     axes[1].set(xscale="log", yscale="log", xlabel="σ", ylabel="R̃_σ / R̃_σ(IC exact)", title="relative to IC")
     axes[0].legend(fontsize=6)
     axes[1].legend(fontsize=6)
@@ -222,8 +272,15 @@ def _estimator_claim(res: DiscrepancyResults, label: str, ref: list[float]) -> C
         f"largest relative deviation from the exact value at the {len(keep)} levels where R̃ ≥ 1% of R̃_IC: "
         + ", ".join(f"{k} {fmt(v)}" for k, v in devs.items())
         + (" ('best' = the smaller of the two upper-bound estimates)" if "kernel" in r else "")
-        + ("" if not below else "; below that (σ = " + ", ".join(f"{sigmas[i]:g}" for i in below) + ") the estimates are upper bounds: "
-           + ", ".join(f"{fmt(r['best'][i])} vs exact {fmt(ref[i])}" for i in below)) + ".",
+        + (
+            ""
+            if not below
+            else "; below that (σ = "
+            + ", ".join(f"{sigmas[i]:g}" for i in below)
+            + ") the estimates are upper bounds: "
+            + ", ".join(f"{fmt(r['best'][i])} vs exact {fmt(ref[i])}" for i in below)
+        )
+        + ".",
         "agrees" if devs["best"] < ESTIMATOR_AGREES else ("partly" if devs["best"] < ESTIMATOR_PARTLY else "disagrees"),
     )
 
@@ -248,7 +305,10 @@ def _ordering_claim(res: DiscrepancyResults, ot_labels: list[str]) -> Claim:
     return Claim(
         "R̃_GC < R̃_OT < R̃_IC (method spec §8, paper Fig. 3).",
         f"GC < IC at {len(gc_ic)}/{n} levels; OT < IC (every b) at {len(ot_ic)}/{n}; GC (exact f⋆) < best OT at {len(gc_ot)}/{n} (σ = {levels}). "
-        + "; ".join(f"σ = {sigmas[i]:g}: GC {fmt(gc[i])}, OT {fmt(ot_best[i])}…{fmt(ot_worst[i])}, IC {fmt(ic_ref[i])}" for i in (0, n // 2, n - 1)),
+        + "; ".join(
+            f"σ = {sigmas[i]:g}: GC {fmt(gc[i])}, OT {fmt(ot_best[i])}…{fmt(ot_worst[i])}, IC {fmt(ic_ref[i])}"
+            for i in (0, n // 2, n - 1)
+        ),
         verdict,
     )
 
@@ -266,7 +326,9 @@ def _theorem2_claim(res: DiscrepancyResults) -> Claim:
     return Claim(
         "The gap grows with σ; R̃_GC ≪ R̃_IC as σ → ∞ (Theorem 2).",
         msg + ".",
-        "agrees" if ratio[-1] < GC_RATIO_AGREES and shrinking else ("partly" if ratio[-1] < GC_RATIO_PARTLY else "disagrees"),
+        "agrees"
+        if ratio[-1] < GC_RATIO_AGREES and shrinking
+        else ("partly" if ratio[-1] < GC_RATIO_PARTLY else "disagrees"),
     )
 
 
@@ -277,8 +339,11 @@ def _ot_batch_claim(res: DiscrepancyResults, ot_labels: list[str]) -> Claim:
     values = list(ot_ratio.values())
     return Claim(
         "Minibatch OT lowers the discrepancy more with larger batches.",
-        f"R̃_OT/R̃_IC at σ = {sigmas[-1]:g}: " + ", ".join(f"{lab}: {r:.2g}" for lab, r in ot_ratio.items())
-        + f"; at σ = {sigmas[mid]:g}: " + ", ".join(f"{lab}: {res.couplings[lab]['best'][mid] / ic_ref[mid]:.2g}" for lab in ot_labels) + ".",
+        f"R̃_OT/R̃_IC at σ = {sigmas[-1]:g}: "
+        + ", ".join(f"{lab}: {r:.2g}" for lab, r in ot_ratio.items())
+        + f"; at σ = {sigmas[mid]:g}: "
+        + ", ".join(f"{lab}: {res.couplings[lab]['best'][mid] / ic_ref[mid]:.2g}" for lab in ot_labels)
+        + ".",
         "agrees" if all(a >= b for a, b in zip(values, values[1:])) else "partly",
     )
 
@@ -289,16 +354,21 @@ def claims(res: DiscrepancyResults, options: DiscrepancyOptions) -> list[Claim]:
     if res.gaussian:
         checks.append(("GC (exact f⋆)", res.closed_form["GC (exact f⋆)"]))
     ot_labels = [f"OT b={b}" for b in options.ot_batches]
-    return ([_estimator_claim(res, label, ref) for label, ref in checks]
-            + [_ordering_claim(res, ot_labels), _theorem2_claim(res), _ot_batch_claim(res, ot_labels)])
+    return [_estimator_claim(res, label, ref) for label, ref in checks] + [
+        _ordering_claim(res, ot_labels),
+        _theorem2_claim(res),
+        _ot_batch_claim(res, ot_labels),
+    ]
 
 
 def _notes(res: DiscrepancyResults) -> list[str]:
-    notes = ["The regression estimates are held-out risks of a fitted regressor, so they are upper bounds on R̃_σ up to Monte-Carlo noise"
-             + ("; 'best' takes the smaller of the kernel and MLP estimates per level." if res.use_kernel else "."),
-             "GC pairs use μ = 1 (every pair a GC pair) so that the coupling is purely the generator-augmented one.",
-             "In low dimension a large minibatch OT coupling is close to the deterministic OT map, so z is nearly a function of x̃_σ and "
-             "R̃_OT → 0 as b grows; in high dimension (images) minibatch OT stays close to IC. Run with data=gaussian:16 to see the dimension effect."]
+    notes = [
+        "The regression estimates are held-out risks of a fitted regressor, so they are upper bounds on R̃_σ up to Monte-Carlo noise"
+        + ("; 'best' takes the smaller of the kernel and MLP estimates per level." if res.use_kernel else "."),
+        "GC pairs use μ = 1 (every pair a GC pair) so that the coupling is purely the generator-augmented one.",
+        "In low dimension a large minibatch OT coupling is close to the deterministic OT map, so z is nearly a function of x̃_σ and "
+        "R̃_OT → 0 as b grows; in high dimension (images) minibatch OT stays close to IC. Run with data=gaussian:16 to see the dimension effect.",
+    ]
     if res.model_dir is not None:
         notes.append(f"The trained predictor: {res.model_dir} (EMA weights).")
     return notes
@@ -311,13 +381,21 @@ def run(options: DiscrepancyOptions, out: Path) -> ExperimentReport:
     use_kernel, model_dir = res.use_kernel, res.model_dir
     return ExperimentReport(
         title=f"Proxy discrepancy R̃_σ per coupling ({options.data}, d = {res.dim})",
-        summary=(f"On `{options.data}` we estimate R̃_σ = E‖z − E[z | x̃_σ]‖² for IC, minibatch OT (b = {', '.join(map(str, options.ot_batches))})"
-                 + (", GC with a trained model" if model_dir is not None else "") + " and GC with the exact f⋆: exactly for IC (oracle velocity)"
-                 + (" and GC (closed form for a Gaussian)" if res.gaussian else "") + ", and for every coupling by the paper's method (an MLP denoiser trained on the "
-                 "coupling's pairs, scored on held-out pairs)" + (" and by leave-one-out local-linear kernel regression." if use_kernel else ".")),
+        summary=(
+            f"On `{options.data}` we estimate R̃_σ = E‖z − E[z | x̃_σ]‖² for IC, minibatch OT (b = {', '.join(map(str, options.ot_batches))})"
+            + (", GC with a trained model" if model_dir is not None else "")
+            + " and GC with the exact f⋆: exactly for IC (oracle velocity)"
+            + (" and GC (closed form for a Gaussian)" if res.gaussian else "")
+            + ", and for every coupling by the paper's method (an MLP denoiser trained on the "
+            "coupling's pairs, scored on held-out pairs)"
+            + (" and by leave-one-out local-linear kernel regression." if use_kernel else ".")
+        ),
         claims=claims(res, options),
         results=res.to_dict(),
-        figures={"discrepancy.png": "R̃_σ against σ per coupling" + (" (solid: kernel estimate, dashed: MLP denoiser" if use_kernel else " (MLP denoiser estimate")
-                 + ", black: exact IC); right: ratio to IC"},
+        figures={
+            "discrepancy.png": "R̃_σ against σ per coupling"
+            + (" (solid: kernel estimate, dashed: MLP denoiser" if use_kernel else " (MLP denoiser estimate")
+            + ", black: exact IC); right: ratio to IC"
+        },
         notes=_notes(res),
     )

@@ -38,7 +38,11 @@ def _path_points(mix, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.T
     """n points x⋆ + σ z with log σ uniform on [log 0.005, log 80]."""
     x0 = mix.sample(n, g)
     z = torch.randn(n, mix.dim, generator=g, dtype=torch.float64)
-    sig = torch.exp(torch.empty(n, dtype=torch.float64).uniform_(float(torch.log(torch.tensor(0.005))), float(torch.log(torch.tensor(80.0))), generator=g))
+    sig = torch.exp(
+        torch.empty(n, dtype=torch.float64).uniform_(
+            float(torch.log(torch.tensor(0.005))), float(torch.log(torch.tensor(80.0))), generator=g
+        )
+    )
     return x0 + sig[:, None] * z, sig
 
 
@@ -71,15 +75,20 @@ def _mixture_claim(options: ExactMapOptions, tol: ODETolerance, results: dict[st
         ref2 = consistency_map_fixed(den, x, sig, SIGMA_MIN, options.fixed_steps // 2)
         e = (f - ref).norm(dim=1)
         results["mixtures"][name] = {
-            "max_error": float(e.max()), "median_error": float(e.median()), "q99_error": float(e.quantile(0.99)),
-            "reference_self_error": float((ref - ref2).norm(dim=1).max()), "seconds": t_adapt,
+            "max_error": float(e.max()),
+            "median_error": float(e.median()),
+            "q99_error": float(e.quantile(0.99)),
+            "reference_self_error": float((ref - ref2).norm(dim=1).max()),
+            "seconds": t_adapt,
         }
     worst = max(r["q99_error"] for r in results["mixtures"].values())
     return Claim(
         "The adaptive solve agrees with fine fixed-step integration on mixtures.",
-        "; ".join(f"{k}: max {fmt(r['max_error'])}, 99% {fmt(r['q99_error'])}, median {fmt(r['median_error'])} "
-                  f"(RK4 {options.fixed_steps} vs {options.fixed_steps // 2} steps differ by {fmt(r['reference_self_error'])})"
-                  for k, r in results["mixtures"].items()),
+        "; ".join(
+            f"{k}: max {fmt(r['max_error'])}, 99% {fmt(r['q99_error'])}, median {fmt(r['median_error'])} "
+            f"(RK4 {options.fixed_steps} vs {options.fixed_steps // 2} steps differ by {fmt(r['reference_self_error'])})"
+            for k, r in results["mixtures"].items()
+        ),
         "agrees" if worst < SOLVER_SLACK * options.rtol else "disagrees",
     )
 
@@ -103,8 +112,14 @@ def _speed_claim(options: ExactMapOptions, tol: ODETolerance, results: dict[str,
     t0 = time.perf_counter()
     consistency_map(counted, xd, sd, SIGMA_MIN, ODETolerance(rtol=options.digits_rtol, atol=options.digits_rtol / 10))
     t_64 = time.perf_counter() - t0
-    results["speed"] = {"grid25_points": options.n_speed, "grid25_seconds": t_2d, "digits_points": options.n_digits,
-                        "digits_components": digits.num_components, "digits_seconds": t_64, "digits_denoiser_calls": counter["n"]}
+    results["speed"] = {
+        "grid25_points": options.n_speed,
+        "grid25_seconds": t_2d,
+        "digits_points": options.n_digits,
+        "digits_components": digits.num_components,
+        "digits_seconds": t_64,
+        "digits_denoiser_calls": counter["n"],
+    }
     return Claim(
         "f⋆ is fast enough to map thousands of points in seconds (2-D) and the 1797-point digits distribution in 64-D.",
         f"{options.n_speed} grid25 points in {t_2d:.1f} s (rtol {options.rtol:g}); {options.n_digits} digits points (64-D, K = 1797) "
@@ -139,11 +154,17 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
     draw_figures(options, tol, out)
     return ExperimentReport(
         title="The exact consistency map f⋆",
-        summary=("f⋆(x, σ) integrates the PF-ODE dx/dσ = (x − D⋆(x, σ))/σ down to σ_min = 0.002 with torchdiffeq's dopri5 in log σ, "
-                 "with per-sample error control. We check it against the closed form for one Gaussian and fine RK4 integration for mixtures, and time it."),
+        summary=(
+            "f⋆(x, σ) integrates the PF-ODE dx/dσ = (x − D⋆(x, σ))/σ down to σ_min = 0.002 with torchdiffeq's dopri5 in log σ, "
+            "with per-sample error control. We check it against the closed form for one Gaussian and fine RK4 integration for mixtures, and time it."
+        ),
         claims=claims,
         results=results,
-        figures={"exact_map_grid25.png": "grid25: noisy points (grey) and their exact consistency images f⋆ (blue) at σ = 0.1, 0.5, 2"},
-        notes=["Mixture errors are largest for the few points that sit near a boundary between modes at small σ, where f⋆ is discontinuous in the limit "
-               "and any integrator's error is amplified; the 99% quantile and the median show the typical accuracy."],
+        figures={
+            "exact_map_grid25.png": "grid25: noisy points (grey) and their exact consistency images f⋆ (blue) at σ = 0.1, 0.5, 2"
+        },
+        notes=[
+            "Mixture errors are largest for the few points that sit near a boundary between modes at small σ, where f⋆ is discontinuous in the limit "
+            "and any integrator's error is amplified; the 99% quantile and the median show the typical accuracy."
+        ],
     )

@@ -47,13 +47,15 @@ class ModesOptions(CommonOptions):
     batch_size: int = opt(256, "training batch size")
     samples: int = opt(2500, "one-step samples per coverage evaluation")
     radius: float = opt(0.1, "a sample belongs to a mode when within this distance of its centre")
-    min_fraction: float = opt(0.2, "a mode is covered when it holds at least this fraction of its fair share of "
-                                   "samples")
+    min_fraction: float = opt(
+        0.2, "a mode is covered when it holds at least this fraction of its fair share of samples"
+    )
     shift_sigmas: tuple[float, ...] = opt((0.05, 0.1, 0.2, 0.5, 1.0, 2.0), "levels σ for the GC/IC marginal shift")
     shift_n: int = opt(1000, "points per marginal for the shift (exact W2 is O(n³))")
-    extra: tuple[str, ...] = opt(("method.p_mean=-2.0", "method.s1=320"),
-                                 "trainer overrides for every run (the default sharpens the 25 tight modes within a "
-                                 "short run)")
+    extra: tuple[str, ...] = opt(
+        ("method.p_mean=-2.0", "method.s1=320"),
+        "trainer overrides for every run (the default sharpens the 25 tight modes within a short run)",
+    )
 
 
 @dataclass
@@ -136,14 +138,20 @@ class ModesResults:
         return {"mus": self.mus, "runs": self.runs, "shift": self.shift}
 
 
-def _train_and_score(options: ModesOptions, mu: float, mix: GaussianMixture, z_eval: Tensor,
-                     out: Path) -> tuple[dict[str, Any], nn.Module]:
+def _train_and_score(
+    options: ModesOptions, mu: float, mix: GaussianMixture, z_eval: Tensor, out: Path
+) -> tuple[dict[str, Any], nn.Module]:
     """Train one μ with the bundled trainer and score every checkpoint; (the run's entry, its final EMA model)."""
     run_dir = out / "runs" / f"mu={mu:g}"
     overrides = [
-        f"data.name={options.data}", f"method.gc_mu={mu}", f"train.steps={options.steps}",
-        f"train.eval_every={options.eval_every}", f"train.checkpoint_every={options.eval_every}",
-        f"train.batch_size={options.batch_size}", f"train.seed={options.seed}", "train.device=cpu",
+        f"data.name={options.data}",
+        f"method.gc_mu={mu}",
+        f"train.steps={options.steps}",
+        f"train.eval_every={options.eval_every}",
+        f"train.checkpoint_every={options.eval_every}",
+        f"train.batch_size={options.batch_size}",
+        f"train.seed={options.seed}",
+        "train.device=cpu",
         *[e for e in options.extra if e],
     ]
     train_toy(run_dir, "toy-gc" if mu > 0 else "toy-ic", overrides)
@@ -173,8 +181,10 @@ def measure(options: ModesOptions, out: Path) -> ModesResults:
         label = f"mu={mu:g}"
         runs[label], final_models[label] = _train_and_score(options, mu, mix, z_eval, out)
     sig = [float(s) for s in options.shift_sigmas]
-    shift = {label: marginal_shift(as_point_fn(m), mix, sig, options.shift_n, options.seed)
-             for label, m in final_models.items()}
+    shift = {
+        label: marginal_shift(as_point_fn(m), mix, sig, options.shift_n, options.seed)
+        for label, m in final_models.items()
+    }
 
     def exact_fn(x: Tensor, s: Tensor) -> Tensor:
         return exact_consistency_map(mix, x, s, SIGMA_MIN, EXACT_MAP_TOLERANCE)
@@ -202,8 +212,13 @@ def draw_figures(res: ModesResults, options: ModesOptions, out: Path) -> None:
     for label, r in res.shift.items():
         figures.line(axes[0], sig, r["w2"], label, ls="-" if label != EXACT_LABEL else "--")
     figures.line(axes[0], sig, res.shift[EXACT_LABEL]["floor_w2"], "noise floor (IC vs IC)", color="0.5", ls=":")
-    axes[0].set(xscale="log", yscale="log", xlabel="σ", ylabel="W2(x⋆ + σz, x̂ + σz)",
-                title="shift of the GC marginal from the IC marginal")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="σ",
+        ylabel="W2(x⋆ + σz, x̂ + σz)",
+        title="shift of the GC marginal from the IC marginal",
+    )
     axes[0].legend(fontsize=7)
     figures.save(fig, out / "marginal_shift.png")
 
@@ -215,7 +230,8 @@ def _coverage_claim(res: ModesResults) -> Claim:
         "Open question: does GC drop modes on a many-mode distribution?",
         f"modes covered at the end (of {res.num_modes}): "
         + ", ".join(f"{lab}: {r['covered'][-1]}" for lab, r in runs.items())
-        + "; fraction of samples on a mode: " + ", ".join(f"{lab}: {r['in_modes'][-1]:.2f}" for lab, r in runs.items())
+        + "; fraction of samples on a mode: "
+        + ", ".join(f"{lab}: {r['in_modes'][-1]:.2f}" for lab, r in runs.items())
         + "; KL(mode histogram ‖ uniform): "
         + ", ".join(f"{lab}: {r['kl_to_uniform'][-1]:.3f}" for lab, r in runs.items())
         + ".",
@@ -232,7 +248,8 @@ def _mu_one_claim(res: ModesResults) -> Claim:
     over = f"{DEGRADATION_FACTOR - 1:.0%}"
     return Claim(
         "μ = 1 (all pairs GC) learns fast, then degrades (method spec §6).",
-        "W2 over training: " + "; ".join(f"{lab}: " + ", ".join(fmt(w) for w in r["w2"]) for lab, r in runs.items())
+        "W2 over training: "
+        + "; ".join(f"{lab}: " + ", ".join(fmt(w) for w in r["w2"]) for lab, r in runs.items())
         + f" (at steps {', '.join(map(str, base['steps']))}). Final W2: "
         + ", ".join(f"{lab} {fmt(v)}" for lab, v in final_w2.items())
         + f". Fast start: {'yes' if fast else 'no'}; degradation (> {over} above the best final or its own best): "
@@ -246,9 +263,13 @@ def _shift_claim(res: ModesResults) -> Claim:
     shift = res.shift
     return Claim(
         "Open question: how far do GC pairs' marginals x̂ + σz drift from the IC marginal x⋆ + σz?",
-        "W2 at σ = " + ", ".join(f"{s:g}" for s in res.shift_sigmas) + ": "
+        "W2 at σ = "
+        + ", ".join(f"{s:g}" for s in res.shift_sigmas)
+        + ": "
         + "; ".join(f"{lab}: " + ", ".join(fmt(v) for v in r["w2"]) for lab, r in shift.items())
-        + "; noise floor " + ", ".join(fmt(v) for v in shift[EXACT_LABEL]["floor_w2"]) + ".",
+        + "; noise floor "
+        + ", ".join(fmt(v) for v in shift[EXACT_LABEL]["floor_w2"])
+        + ".",
         "measured",
     )
 
@@ -262,12 +283,16 @@ def claims(res: ModesResults) -> list[Claim]:
 
 
 def _notes(res: ModesResults, options: ModesOptions) -> list[str]:
-    coverage = (f"A mode is covered when at least {options.min_fraction:g} of its fair share "
-                f"({options.samples}/{res.num_modes} samples) lies within {options.radius:g} of its centre "
-                f"(mode std {res.mode_std:.3g}).")
-    inherent = ("Even with the exact f⋆, x̂ = f⋆(x⋆ + σz, σ) has the data marginal but is not independent of z, so "
-                "x̂ + σz is not distributed as x⋆ + σz: the exact-map curve is the shift inherent to GC, the trained "
-                "curves add the model's own error.")
+    coverage = (
+        f"A mode is covered when at least {options.min_fraction:g} of its fair share "
+        f"({options.samples}/{res.num_modes} samples) lies within {options.radius:g} of its centre "
+        f"(mode std {res.mode_std:.3g})."
+    )
+    inherent = (
+        "Even with the exact f⋆, x̂ = f⋆(x⋆ + σz, σ) has the data marginal but is not independent of z, so "
+        "x̂ + σz is not distributed as x⋆ + σz: the exact-map curve is the shift inherent to GC, the trained "
+        "curves add the model's own error."
+    )
     return [coverage, inherent]
 
 
@@ -278,15 +303,19 @@ def run(options: ModesOptions, out: Path) -> ExperimentReport:
     k = res.num_modes
     return ExperimentReport(
         title="Mode coverage against μ, and the GC/IC marginal shift",
-        summary=(f"On `{options.data}` ({k} modes) we train with μ ∈ {{{', '.join(f'{m:g}' for m in options.mus)}}} "
-                 f"for {options.steps} steps each and count, every {options.eval_every} steps, the modes that one-step "
-                 "samples of the EMA model cover. Then we measure the exact W2 between the IC marginal x⋆ + σz and the "
-                 "GC marginal x̂ + σz (x̂ = f(x⋆ + σz, σ) with the same z) for each trained predictor and for the "
-                 "exact f⋆."),
+        summary=(
+            f"On `{options.data}` ({k} modes) we train with μ ∈ {{{', '.join(f'{m:g}' for m in options.mus)}}} "
+            f"for {options.steps} steps each and count, every {options.eval_every} steps, the modes that one-step "
+            "samples of the EMA model cover. Then we measure the exact W2 between the IC marginal x⋆ + σz and the "
+            "GC marginal x̂ + σz (x̂ = f(x⋆ + σz, σ) with the same z) for each trained predictor and for the "
+            "exact f⋆."
+        ),
         claims=claims(res),
         results=res.to_dict(),
-        figures={"modes.png": "modes covered, fraction of samples on a mode, and W2 against training step for each μ",
-                 "marginal_shift.png": "W2 between the GC and IC marginals at several σ (exact f⋆ dashed, noise floor "
-                                       "dotted)"},
+        figures={
+            "modes.png": "modes covered, fraction of samples on a mode, and W2 against training step for each μ",
+            "marginal_shift.png": "W2 between the GC and IC marginals at several σ (exact f⋆ dashed, noise floor "
+            "dotted)",
+        },
         notes=_notes(res, options),
     )

@@ -19,7 +19,9 @@ class CommonOptions:
     """Options every experiment has."""
 
     seed: int = opt(0, "random seed (every draw of the experiment derives from it)")
-    threads: int = opt(1, "CPU intra-op threads (1 is fastest for these small models on a shared 2-core machine; 0 = torch default)")
+    threads: int = opt(
+        1, "CPU intra-op threads (1 is fastest for these small models on a shared 2-core machine; 0 = torch default)"
+    )
 
 
 def _fields(cls: type) -> list[tuple[str, Any, dataclasses.Field]]:
@@ -33,7 +35,9 @@ def parse_options(cls: type, overrides: list[str], experiment: str) -> Any:
     values: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"experiment option {item!r} is not of the form key=value; see 'gcflow experiment {experiment} --options'")
+            raise ConfigError(
+                f"experiment option {item!r} is not of the form key=value; see 'gcflow experiment {experiment} --options'"
+            )
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in known:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import platform
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,9 @@ def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{max(digits - 1, 1)}e}"
 
 
-def write_report(out: Path, name: str, command: str, options: dict[str, Any], report: ExperimentReport, seconds: float) -> None:
+def write_report(
+    out: Path, name: str, command: str, options: dict[str, Any], report: ExperimentReport, seconds: float
+) -> None:
     """Write `results.json` and `report.md` into the experiment folder `out`."""
     doc = {
         "experiment": name,
@@ -103,11 +106,23 @@ def write_report(out: Path, name: str, command: str, options: dict[str, Any], re
         "results": report.results,
         "figures": report.figures,
         "notes": report.notes,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-                        "threads": torch.get_num_threads()},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
     }
     atomic_write_text(out / "results.json", json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
-    lines = [f"# {report.title}", "", report.summary, "", f"Command: `{command}`  ", f"Run time: {seconds:.0f} s on {torch.get_num_threads()} CPU thread(s).", ""]
+    lines = [
+        f"# {report.title}",
+        "",
+        report.summary,
+        "",
+        f"Command: `{command}`  ",
+        f"Run time: {seconds:.0f} s on {torch.get_num_threads()} CPU thread(s).",
+        "",
+    ]
     lines += ["## Claims and measurements", ""] + claims_table((c.claim, c.measured, c.verdict) for c in report.claims)
     if report.figures:
         lines += ["", "## Figures", ""]

@@ -41,13 +41,18 @@ class Theorem1Options(CommonOptions):
     t_hi: float = opt(2.0, "upper end of the σ interval [σ_min, t_hi] (T = t_hi − σ_min)")
     n_min: int = opt(10, "smallest grid size N")
     n_max: int = opt(1280, "largest grid size N (doubling from n_min)")
-    distances: tuple[str, ...] = opt(("l2", "pseudo_huber", "pseudo_huber:0.03", "l1"), "distances; pseudo_huber:C sets Huber's c (default c = 0.00054·sqrt(d))")
+    distances: tuple[str, ...] = opt(
+        ("l2", "pseudo_huber", "pseudo_huber:0.03", "l1"),
+        "distances; pseudo_huber:C sets Huber's c (default c = 0.00054·sqrt(d))",
+    )
     grad_samples: int = opt(8192, "samples for the scaled-gradient comparison")
     grad_chunks: int = opt(16, "independent chunks used to estimate the gradients' Monte-Carlo noise")
     grad_ns: tuple[int, ...] = opt((10, 40, 160, 640), "grid sizes N for the scaled-gradient comparison")
     width: int = opt(64, "width of the random-init network (ignored with checkpoint)")
     depth: int = opt(2, "residual blocks of the random-init network")
-    checkpoint: str = opt("", "use this trained run's EMA model (folder or checkpoint file) instead of a random network")
+    checkpoint: str = opt(
+        "", "use this trained run's EMA model (folder or checkpoint file) instead of a random network"
+    )
 
 
 def _distance(spec: str, dim: int) -> TheoremDistance:
@@ -114,8 +119,16 @@ def measure(options: Theorem1Options) -> Theorem1Results:
     for spec in options.distances:
         dist = _distance(spec, mix.dim)
         res = check_theorem1(model, velocity, samples, grid, dist, ns)
-        res.gradients = check_gradients(model, velocity, grad_samples, grid, list(options.grad_ns), dist,
-                                        chunks=options.grad_chunks, threshold=AGREEMENT_THRESHOLD)
+        res.gradients = check_gradients(
+            model,
+            velocity,
+            grad_samples,
+            grid,
+            list(options.grad_ns),
+            dist,
+            chunks=options.grad_chunks,
+            threshold=AGREEMENT_THRESHOLD,
+        )
         results[spec] = res.to_dict()
     return Theorem1Results(ns, grid.length, sigma_min, origin, results)
 
@@ -133,9 +146,13 @@ def draw_figures(res: Theorem1Results, out: Path) -> None:
         figures.line(axes[0], ns, [g / r["limit"] for g in r["scaled_gap"]], _label(r))
         figures.line(axes[1], ns, r["rel_error"], _label(r))
     axes[0].axhline(1.0, color="0.4", ls="--", lw=1, label="predicted limit")
-    axes[0].set(xscale="log", xlabel="N", ylabel="N^α (L_CT − L_CD) / (C T^{α−1} R)", title="scaled loss gap / predicted limit")
+    axes[0].set(
+        xscale="log", xlabel="N", ylabel="N^α (L_CT − L_CD) / (C T^{α−1} R)", title="scaled loss gap / predicted limit"
+    )
     axes[1].set(xscale="log", yscale="log", xlabel="N", ylabel="relative error", title="|N^α ΔL − limit| / limit")
-    axes[1].plot(ns, [res.distances[specs[0]]["rel_error"][0] * ns[0] / n for n in ns], color="0.6", ls=":", label="∝ 1/N")
+    axes[1].plot(
+        ns, [res.distances[specs[0]]["rel_error"][0] * ns[0] / n for n in ns], color="0.6", ls=":", label="∝ 1/N"
+    )
     for ax in axes:
         ax.legend(fontsize=7)
     figures.save(fig, out / "theorem1_convergence.png")
@@ -146,7 +163,13 @@ def draw_figures(res: Theorem1Results, out: Path) -> None:
         figures.line(axes[0], g["ns"], g["noise_ratio"], _label(res.distances[spec]))
     axes[0].axhline(AGREEMENT_THRESHOLD, color="0.4", ls="--", lw=1, label="agreement threshold")
     axes[0].axhline(1.0, color="0.7", ls=":", lw=1, label="pure noise")
-    axes[0].set(xscale="log", yscale="log", xlabel="N", ylabel="‖ΔG‖² / noise²", title="scaled gradients: CT − CD gap vs Monte-Carlo noise")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="N",
+        ylabel="‖ΔG‖² / noise²",
+        title="scaled gradients: CT − CD gap vs Monte-Carlo noise",
+    )
     axes[0].legend(fontsize=7)
     figures.save(fig, out / "theorem1_gradients.png")
 
@@ -173,8 +196,12 @@ def _gradient_claim(r: dict[str, Any]) -> Claim:
         f"gap/noise ratio {fmt(g['noise_ratio'][0])} at N = {g['ns'][0]} → {fmt(g['noise_ratio'][-1])} at N = {g['ns'][-1]}, "
         f"{fmt(g['limit_noise_ratio'])} for the limit (≈ 1: within noise; threshold {g['threshold']:g}); "
         f"debiased relative gap {fmt(g['rel_gap_debiased'][-1])} at N = {g['ns'][-1]}, {fmt(g['limit_rel_gap_debiased'])} in the limit."
-        + ("" if finite_agree == g["agree"] else " At the largest N tested the finite-N gradients still behave "
-           + ("like α = 1 (Δ‖∂f‖ is not yet ≪ c)." if expect_agree else "like the limit.")),
+        + (
+            ""
+            if finite_agree == g["agree"]
+            else " At the largest N tested the finite-N gradients still behave "
+            + ("like α = 1 (Δ‖∂f‖ is not yet ≪ c)." if expect_agree else "like the limit.")
+        ),
         "agrees" if g["agree"] == expect_agree else "disagrees",
     )
 
@@ -184,7 +211,8 @@ def claims(res: Theorem1Results) -> list[Claim]:
     rs = list(res.distances.values())
     positive = Claim(
         "R(θ) > 0: the CT loss exceeds the CD loss by a term that survives the continuous-time limit.",
-        "; ".join(f"{r['distance']}: R = {fmt(r['R'])}" for r in rs) + f"; α = 2 form ∫λE‖J(z − v)‖² = {fmt(rs[0]['R_alpha2'])}.",
+        "; ".join(f"{r['distance']}: R = {fmt(r['R'])}" for r in rs)
+        + f"; α = 2 form ∫λE‖J(z − v)‖² = {fmt(rs[0]['R_alpha2'])}.",
         "agrees" if all(r["R"] > 0 for r in rs) else "disagrees",
     )
     return [_limit_claim(r, res.ns) for r in rs] + [positive] + [_gradient_claim(r) for r in rs]
@@ -204,12 +232,16 @@ def run(options: Theorem1Options, out: Path) -> ExperimentReport:
     ]
     return ExperimentReport(
         title="Theorem 1: the CT/CD discrepancy survives the continuous-time limit",
-        summary=(f"For {origin} on `{options.data}`, we measure N^α (L_CT − L_CD) on equally spaced grids N = {ns[0]} … {ns[-1]} "
-                 f"with {options.samples} common random triples, and the predicted limit C T^{{α−1}} R(θ) from forward-mode "
-                 "Jacobian-vector products; then the scaled gradients of both losses."),
+        summary=(
+            f"For {origin} on `{options.data}`, we measure N^α (L_CT − L_CD) on equally spaced grids N = {ns[0]} … {ns[-1]} "
+            f"with {options.samples} common random triples, and the predicted limit C T^{{α−1}} R(θ) from forward-mode "
+            "Jacobian-vector products; then the scaled gradients of both losses."
+        ),
         claims=claims(res),
         results=res.to_dict(),
-        figures={"theorem1_convergence.png": "N^α(L_CT − L_CD) relative to its predicted limit, and the relative error, against N",
-                 "theorem1_gradients.png": "scaled-gradient gap between CT and CD relative to Monte-Carlo noise, against N"},
+        figures={
+            "theorem1_convergence.png": "N^α(L_CT − L_CD) relative to its predicted limit, and the relative error, against N",
+            "theorem1_gradients.png": "scaled-gradient gap between CT and CD relative to Monte-Carlo noise, against N",
+        },
         notes=notes,
     )

@@ -54,11 +54,16 @@ def _levels(count: int) -> list[float]:
     return [float(s) for s in np.geomspace(SIGMA_MIN, SIGMA_MAX, count)]
 
 
-def _digits_curve(dig: GaussianMixture, n: int, g: torch.Generator, sigmas: list[float], tol: ODETolerance) -> list[dict[str, float]]:
+def _digits_curve(
+    dig: GaussianMixture, n: int, g: torch.Generator, sigmas: list[float], tol: ODETolerance
+) -> list[dict[str, float]]:
     """c(σ) with the exact f⋆ on n fresh pairs."""
     x0 = dig.sample(n, g)
     z = torch.randn(n, dig.dim, generator=g, dtype=torch.float64)
-    return [c.__dict__ for c in generator_cost_curve(lambda x, s: exact_consistency_map(dig, x, s, SIGMA_MIN, tol), x0, z, sigmas)]
+    return [
+        c.__dict__
+        for c in generator_cost_curve(lambda x, s: exact_consistency_map(dig, x, s, SIGMA_MIN, tol), x0, z, sigmas)
+    ]
 
 
 def _model_dir(options: TransportOptions, out: Path) -> Path:
@@ -66,8 +71,19 @@ def _model_dir(options: TransportOptions, out: Path) -> Path:
     if options.model:
         return Path(options.model)
     model_dir = out / "runs" / "gc-model"
-    train_toy(model_dir, "toy-gc", [f"data.name={options.data}", f"train.steps={options.model_steps}", f"train.seed={options.seed}",
-                                    "train.eval_every=0", "train.checkpoint_every=0", "train.device=cpu"], keep_all=False)
+    train_toy(
+        model_dir,
+        "toy-gc",
+        [
+            f"data.name={options.data}",
+            f"train.steps={options.model_steps}",
+            f"train.seed={options.seed}",
+            "train.eval_every=0",
+            "train.checkpoint_every=0",
+            "train.device=cpu",
+        ],
+        keep_all=False,
+    )
     return model_dir
 
 
@@ -98,7 +114,9 @@ def measure(options: TransportOptions, out: Path) -> tuple[dict[str, Any], Path]
         rtol = max(options.rtol, DIGITS_MIN_RTOL)
         g = experiment_generator(options.seed, 4)
         results["digits"]["sigmas"] = dsig
-        results["digits"]["GC exact"] = _digits_curve(dig, options.digits_curve_n, g, dsig, ODETolerance(rtol=rtol, atol=rtol / 10))
+        results["digits"]["GC exact"] = _digits_curve(
+            dig, options.digits_curve_n, g, dsig, ODETolerance(rtol=rtol, atol=rtol / 10)
+        )
     return results, model_dir
 
 
@@ -136,7 +154,9 @@ def _data_claims(r: dict[str, Any], title: str, sig: list[float], batches: tuple
     ot_claim = Claim(
         f"{title}: minibatch OT costs less than IC, and less with larger batches.",
         f"IC {fmt(ic)}; " + ", ".join(f"OT b={b}: {fmt(v)}" for b, v in ots.items()) + ".",
-        "agrees" if all(v < ic for v in ots.values()) and list(ots.values()) == sorted(ots.values(), reverse=True) else "partly",
+        "agrees"
+        if all(v < ic for v in ots.values()) and list(ots.values()) == sorted(ots.values(), reverse=True)
+        else "partly",
     )
     below = [s for s, v in zip(sig, gc) if v < best_ot]
     under_ic = all(v <= ic + IC_NOISE_SIGMAS * r["IC"]["stderr"] for v in gc)
@@ -144,7 +164,9 @@ def _data_claims(r: dict[str, Any], title: str, sig: list[float], batches: tuple
     gc_claim = Claim(
         f"{title}: GC transports less than OT, which transports less than IC (c(σ) below the OT cost).",
         f"c(σ) with f⋆ ranges {fmt(min(gc))} … {fmt(max(gc))} (minimum at σ = {gmin_sigma:.3g}); below the best OT cost {fmt(best_ot)} "
-        f"for {len(below)} of {len(gc)} levels" + (f" (σ ≥ {min(below):.3g})" if below else "") + f"; c(σ_min) = {fmt(gc[0])} vs IC {fmt(ic)} "
+        f"for {len(below)} of {len(gc)} levels"
+        + (f" (σ ≥ {min(below):.3g})" if below else "")
+        + f"; c(σ_min) = {fmt(gc[0])} vs IC {fmt(ic)} "
         "(equal by construction, since f(x, σ_min) = x).",
         "agrees" if under_ic and gc[-1] < best_ot else ("partly" if under_ic or gc[-1] < best_ot else "disagrees"),
     )
@@ -162,15 +184,21 @@ def _data_claims(r: dict[str, Any], title: str, sig: list[float], batches: tuple
 
 def claims(options: TransportOptions, results: dict[str, Any]) -> list[Claim]:
     """Per data set the three cost claims, then how closely the trained model's curve follows f⋆'s."""
-    out = [c for key, title, sig in _panels(options, results) for c in _data_claims(results[key], title, sig, options.ot_batches)]
+    out = [
+        c
+        for key, title, sig in _panels(options, results)
+        for c in _data_claims(results[key], title, sig, options.ot_batches)
+    ]
     mc = [c["value"] for c in results["toy"]["GC model"]]
     ex = [c["value"] for c in results["toy"]["GC exact"]]
     dev = max(abs(a / b - 1) for a, b in zip(mc, ex))
-    out.append(Claim(
-        "A trained GC model's curve follows the exact one (how close the model is to f⋆ along the path).",
-        f"{options.data}: max relative deviation of c(σ), trained model vs f⋆: {fmt(dev)}; at σ = 80: {fmt(mc[-1])} vs {fmt(ex[-1])}.",
-        "measured",
-    ))
+    out.append(
+        Claim(
+            "A trained GC model's curve follows the exact one (how close the model is to f⋆ along the path).",
+            f"{options.data}: max relative deviation of c(σ), trained model vs f⋆: {fmt(dev)}; at σ = 80: {fmt(mc[-1])} vs {fmt(ex[-1])}.",
+            "measured",
+        )
+    )
     return out
 
 
@@ -180,13 +208,21 @@ def run(options: TransportOptions, out: Path) -> ExperimentReport:
     draw_figures(options, results, out)
     return ExperimentReport(
         title="Transport cost of the couplings",
-        summary=(f"Mean squared distance between each trajectory end and its noise: IC, minibatch OT (b = {', '.join(map(str, options.ot_batches))}) "
-                 f"and the GC curve c(σ) = E‖f(x⋆ + σz, σ) − z‖² on {options.levels} levels in [σ_min, 80], with the exact f⋆ and with a trained model"
-                 + (", on the 2-D toy and on the 64-D digits (exact f⋆ of the empirical distribution)." if options.digits else ".")),
+        summary=(
+            f"Mean squared distance between each trajectory end and its noise: IC, minibatch OT (b = {', '.join(map(str, options.ot_batches))}) "
+            f"and the GC curve c(σ) = E‖f(x⋆ + σz, σ) − z‖² on {options.levels} levels in [σ_min, 80], with the exact f⋆ and with a trained model"
+            + (
+                ", on the 2-D toy and on the 64-D digits (exact f⋆ of the empirical distribution)."
+                if options.digits
+                else "."
+            )
+        ),
         claims=claims(options, results),
         results=results,
         figures={"transport.png": "transport cost: IC and minibatch OT (horizontal lines) and the GC curve c(σ)"},
-        notes=[f"The trained model: {model_dir} (EMA weights).",
-               "For an empirical (Dirac) distribution and σ below the spacing of the data, f⋆(x⋆ + σz, σ) = x⋆ + σ_min z exactly, so c(σ) is flat "
-               "near σ_min (it cannot decrease there); for data with a density it decreases from the IC cost."],
+        notes=[
+            f"The trained model: {model_dir} (EMA weights).",
+            "For an empirical (Dirac) distribution and σ below the spacing of the data, f⋆(x⋆ + σz, σ) = x⋆ + σ_min z exactly, so c(σ) is flat "
+            "near σ_min (it cannot decrease there); for data with a density it decreases from the IC cost.",
+        ],
     )

@@ -62,7 +62,9 @@ def _import_feature_extractor() -> type:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError as e:  # torch_fidelity itself, or torchvision which it imports
         missing = e.name or str(e)
-        raise MetricError(f"Inception metrics need torch-fidelity ({missing} is not installed): {INSTALL_HINT}") from None
+        raise MetricError(
+            f"Inception metrics need torch-fidelity ({missing} is not installed): {INSTALL_HINT}"
+        ) from None
     return FeatureExtractorInceptionV3
 
 

@@ -7,7 +7,7 @@ between two independent data samples of the same size — the best a perfect gen
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import ot

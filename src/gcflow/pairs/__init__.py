@@ -7,12 +7,12 @@ Three orthogonal steps, each one call:
 `build_pairs(recipe, x0, coupled_z, ..., gc_mask=mask)` does the last two.
 """
 
-from gcflow.pairs.types import PairBatch
-from gcflow.pairs.coupling import COUPLINGS, independent_coupling, minibatch_ot_coupling, get_coupling
-from gcflow.pairs.ct import ct_pairs
 from gcflow.pairs.cd import cd_pairs
+from gcflow.pairs.coupling import COUPLINGS, get_coupling, independent_coupling, minibatch_ot_coupling
+from gcflow.pairs.ct import ct_pairs
 from gcflow.pairs.gc import generator_augment, select_gc
 from gcflow.pairs.recipe import PairRecipe, build_pairs
+from gcflow.pairs.types import PairBatch
 
 __all__ = [
     "PairBatch",

@@ -7,7 +7,7 @@ reference that consistency training approximates.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -5,7 +5,7 @@ A coupling returns the noise matched to each data point: shape (B, *D), a permut
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

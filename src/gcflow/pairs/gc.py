@@ -15,7 +15,9 @@ from gcflow.pairs.types import PointFn
 from gcflow.shapes import per_sample
 
 
-def select_gc(batch: int, mu: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+def select_gc(
+    batch: int, mu: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
     """(B,) bool mask, each entry independently True with probability μ (the GC probability)."""
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"the GC probability mu must be in [0, 1], got {mu}")

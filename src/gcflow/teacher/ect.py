@@ -122,9 +122,7 @@ def mapping_factor(t: Tensor, k: float = 8.0, b: float = 1.0, mapping: str = "si
     raise ValueError(f"unknown ECT mapping {mapping!r}; choose one of {MAPPINGS}")
 
 
-def ect_r(
-    t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0, mapping: str = "sigmoid"
-) -> Tensor:
+def ect_r(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0, mapping: str = "sigmoid") -> Tensor:
     """The lower level r(t) = max(0, t·(1 − q^{−(stage+1)}·n(t))) of each pair; t: (B,) -> (B,).
 
     Δt = t − r shrinks by a factor q per stage; at stage 0 with q = 2 every t below ≈ 2.3 maps to

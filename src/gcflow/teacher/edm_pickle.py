@@ -226,8 +226,18 @@ def _load_one(f: io.BytesIO, legacy_storages: dict[str, RawStorage] | None = Non
     except EDMPickleError:
         raise
     # A malformed or hostile stream fails inside pickle in many ways: report each as one line.
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, KeyError, IndexError,
-            RuntimeError, OverflowError, RecursionError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        RuntimeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         raise EDMPickleError(f"cannot read the pickle ({type(exc).__name__}: {exc})") from None
 
 

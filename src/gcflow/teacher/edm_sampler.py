@@ -59,8 +59,15 @@ def edm_sample(
     return x
 
 
-def sample_denoiser(model: Callable[..., Tensor], z: Tensor, steps: int, sigma_min: float, sigma_max: float,
-                    rho: float = 7.0, class_labels: Tensor | None = None) -> Tensor:
+def sample_denoiser(
+    model: Callable[..., Tensor],
+    z: Tensor,
+    steps: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    class_labels: Tensor | None = None,
+) -> Tensor:
     """Samples (B, *D) of a diffusion model D(x, σ[, class_labels]) with `steps` Heun steps."""
 
     def d(x: Tensor, s: Tensor) -> Tensor:

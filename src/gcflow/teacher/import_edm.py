@@ -40,13 +40,28 @@ PRECOND_KINDS = {"EDMPrecond": "edm", "ECMPrecond": "consistency"}
 PRECOND_CLASSES = tuple(PRECOND_KINDS)
 # EDM SongUNet's constructor defaults (training/networks.py), for keys a pickle's init_kwargs omit.
 SONGUNET_DEFAULTS: dict[str, Any] = {
-    "label_dim": 0, "augment_dim": 0, "model_channels": 128, "channel_mult": [1, 2, 2, 2], "channel_mult_emb": 4,
-    "num_blocks": 4, "attn_resolutions": [16], "dropout": 0.10, "label_dropout": 0.0,
-    "embedding_type": "positional", "channel_mult_noise": 1, "encoder_type": "standard",
-    "decoder_type": "standard", "resample_filter": [1, 1],
+    "label_dim": 0,
+    "augment_dim": 0,
+    "model_channels": 128,
+    "channel_mult": [1, 2, 2, 2],
+    "channel_mult_emb": 4,
+    "num_blocks": 4,
+    "attn_resolutions": [16],
+    "dropout": 0.10,
+    "label_dropout": 0.0,
+    "embedding_type": "positional",
+    "channel_mult_noise": 1,
+    "encoder_type": "standard",
+    "decoder_type": "standard",
+    "resample_filter": [1, 1],
 }
-DDPMPP = {"embedding_type": "positional", "channel_mult_noise": 1, "encoder_type": "standard",
-          "decoder_type": "standard", "resample_filter": [1, 1]}
+DDPMPP = {
+    "embedding_type": "positional",
+    "channel_mult_noise": 1,
+    "encoder_type": "standard",
+    "decoder_type": "standard",
+    "resample_filter": [1, 1],
+}
 
 
 @dataclass
@@ -110,12 +125,19 @@ def gcflow_config(edm: EDMNetwork) -> dict[str, Any]:
     if other:
         raise EDMPickleError(f"only the DDPM++ SongUNet can be imported; this network has {other}")
     return {
-        "img_resolution": int(kw["img_resolution"]), "in_channels": int(kw["in_channels"]),
-        "out_channels": int(kw["out_channels"]), "model_channels": int(kw["model_channels"]),
-        "channel_mult": [int(m) for m in kw["channel_mult"]], "num_blocks": int(kw["num_blocks"]),
-        "attn_resolutions": [int(r) for r in kw["attn_resolutions"]], "dropout": float(kw["dropout"]),
-        "embedding_type": "positional", "noise_label_scale": 1.0, "num_classes": int(kw["label_dim"]),
-        "label_dropout": float(kw["label_dropout"]), "channel_mult_emb": int(kw["channel_mult_emb"]),
+        "img_resolution": int(kw["img_resolution"]),
+        "in_channels": int(kw["in_channels"]),
+        "out_channels": int(kw["out_channels"]),
+        "model_channels": int(kw["model_channels"]),
+        "channel_mult": [int(m) for m in kw["channel_mult"]],
+        "num_blocks": int(kw["num_blocks"]),
+        "attn_resolutions": [int(r) for r in kw["attn_resolutions"]],
+        "dropout": float(kw["dropout"]),
+        "embedding_type": "positional",
+        "noise_label_scale": 1.0,
+        "num_classes": int(kw["label_dim"]),
+        "label_dropout": float(kw["label_dropout"]),
+        "channel_mult_emb": int(kw["channel_mult_emb"]),
         "channels_per_head": None,
     }
 
@@ -165,7 +187,9 @@ def build_teacher(config: dict[str, Any], tensors: dict[str, Tensor]) -> SongUNe
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise EDMPickleError(f"the EDM weights do not fit gcflow's SongUNet (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise EDMPickleError(
+            f"the EDM weights do not fit gcflow's SongUNet (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     for name, t in tensors.items():
         if t.shape != expected[name].shape:
             raise EDMPickleError(f"{name}: EDM shape {tuple(t.shape)} != gcflow shape {tuple(expected[name].shape)}")
@@ -183,8 +207,13 @@ def import_edm_bytes(data: bytes, source: str = "") -> tuple[dict[str, Tensor], 
     meta = {
         "format": FORMAT,
         "network": config,
-        "precond": {"kind": PRECOND_KINDS[edm.precond], "class": edm.precond, "sigma_data": float(pk.get("sigma_data", 0.5)),
-                    "sigma_min": float(pk.get("sigma_min", 0.0)), "sigma_max": _finite_or_none(pk.get("sigma_max"))},
+        "precond": {
+            "kind": PRECOND_KINDS[edm.precond],
+            "class": edm.precond,
+            "sigma_data": float(pk.get("sigma_data", 0.5)),
+            "sigma_min": float(pk.get("sigma_min", 0.0)),
+            "sigma_max": _finite_or_none(pk.get("sigma_max")),
+        },
         "source": {"file": source, "sha256": hashlib.sha256(data).hexdigest(), "edm_model_kwargs": edm.model_kwargs},
     }
     return tensors, meta

@@ -60,8 +60,10 @@ def teacher_velocity(path: str | Path, device: torch.device | str = "cpu") -> Po
     """v(x, σ) = (x − D_φ(x, σ))/σ of a diffusion teacher; x: (B, *D), σ: (B,) -> (B, *D)."""
     teacher = load_teacher_model(path, device)
     if not isinstance(teacher, Denoiser):
-        raise ConfigError(f"method.teacher={path} is a consistency model, not a diffusion model; "
-                          "train one with 'gcflow train --preset digits-edm' or import an EDM network")
+        raise ConfigError(
+            f"method.teacher={path} is a consistency model, not a diffusion model; "
+            "train one with 'gcflow train --preset digits-edm' or import an EDM network"
+        )
     for p in teacher.parameters():
         p.requires_grad_(False)
     return denoiser_velocity(lambda x, s: teacher(x, s))
@@ -115,6 +117,8 @@ def init_from_teacher(model: nn.Module, path: str | Path) -> nn.Module:
         model.net.load_state_dict(teacher.net.state_dict())
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"method.init_from={path}: its network does not match network.* ({first}); "
-                          "use the teacher's network settings") from None
+        raise ConfigError(
+            f"method.init_from={path}: its network does not match network.* ({first}); "
+            "use the teacher's network settings"
+        ) from None
     return model

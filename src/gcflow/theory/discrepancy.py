@@ -20,8 +20,8 @@ Monte-Carlo noise; on IC they are checked against the exact value.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -93,7 +93,9 @@ class DiscrepancyCurve:
     stderr: list[float]
 
 
-def exact_ic_discrepancy(mixture: GaussianMixture, sigmas: list[float], n: int, generator: torch.Generator) -> DiscrepancyCurve:
+def exact_ic_discrepancy(
+    mixture: GaussianMixture, sigmas: list[float], n: int, generator: torch.Generator
+) -> DiscrepancyCurve:
     """R̃_σ for IC with the exact velocity: mean over n draws of ‖z − v_σ(x⋆ + σ z)‖², per σ."""
     vals, errs = [], []
     for sigma in sigmas:
@@ -190,7 +192,13 @@ class KernelEstimate:
     bandwidths: list[float]
 
 
-def kernel_discrepancy(end: Tensor, z: Tensor, sigma: float, bandwidths: list[float] | None = None, rel_bandwidths: tuple[float, ...] = tuple(float(r) for r in np.geomspace(0.004, 2.0, 10))) -> KernelEstimate:
+def kernel_discrepancy(
+    end: Tensor,
+    z: Tensor,
+    sigma: float,
+    bandwidths: list[float] | None = None,
+    rel_bandwidths: tuple[float, ...] = tuple(float(r) for r in np.geomspace(0.004, 2.0, 10)),
+) -> KernelEstimate:
     """Estimate R̃_σ from pairs (end (n, d), z (n, d)) by leave-one-out local-linear regression.
 
     R̂ = mean ‖end − Ê[end | x̃]‖² / σ² with x̃ = end + σ z. Bandwidths default to `rel_bandwidths`
@@ -209,7 +217,13 @@ def kernel_discrepancy(end: Tensor, z: Tensor, sigma: float, bandwidths: list[fl
         pers.append(per)
     best = int(np.argmin(risks))
     per = pers[best]
-    return KernelEstimate(risks[best], float(per.std() / math.sqrt(per.shape[0])), float(bandwidths[best]), risks, list(map(float, bandwidths)))
+    return KernelEstimate(
+        risks[best],
+        float(per.std() / math.sqrt(per.shape[0])),
+        float(bandwidths[best]),
+        risks,
+        list(map(float, bandwidths)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,7 +280,9 @@ def fit_denoiser_discrepancy(
     sig = torch.tensor(sigmas, dtype=torch.float32)
     model = NoiseLevelDenoiser(dim, settings.width, settings.depth)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / settings.steps, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k / settings.steps, 1.0)))
+    )
     g = torch.Generator().manual_seed(settings.seed)
     end_tr, z_tr = end_tr.float(), z_tr.float()
     sd2 = model.sigma_data**2
@@ -296,7 +312,9 @@ def fit_denoiser_discrepancy(
     return DiscrepancyCurve(list(map(float, sigmas)), vals, errs)
 
 
-def draw_pair_sets(coupling: CouplingSampler, sigmas: list[float], n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def draw_pair_sets(
+    coupling: CouplingSampler, sigmas: list[float], n: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """n pairs of the coupling at each level: (level index (S·n,), end (S·n, d), z (S·n, d))."""
     idx, ends, zs = [], [], []
     for k, sigma in enumerate(sigmas):

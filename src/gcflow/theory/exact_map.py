@@ -66,7 +66,9 @@ class _LogSigmaField(torch.nn.Module):
         self.denoiser = denoiser
         self.log_start = log_start  # (B,)
         span = (log_end - log_start).clamp_max(0.0)  # (B,) ≤ 0
-        self.span = torch.where(log_start <= log_end, torch.zeros_like(span), span)  # samples at or below σ_min stay put
+        self.span = torch.where(
+            log_start <= log_end, torch.zeros_like(span), span
+        )  # samples at or below σ_min stay put
         self.evaluations = 0
 
     def forward(self, tau: Tensor, x: Tensor) -> Tensor:
@@ -115,7 +117,9 @@ def consistency_map(
     for lo in range(0, xf.shape[0], tol.chunk):
         sl = slice(lo, lo + tol.chunk)
         field = _LogSigmaField(denoiser, torch.log(sig[sl]), math.log(sigma_min))
-        sol = odeint(field, xf[sl], times, rtol=tol.rtol, atol=tol.atol, method=tol.method, options={"norm": _worst_sample_rms})
+        sol = odeint(
+            field, xf[sl], times, rtol=tol.rtol, atol=tol.atol, method=tol.method, options={"norm": _worst_sample_rms}
+        )
         out[sl] = sol[-1]
     out = torch.where((sig <= sigma_min)[:, None], xf, out)  # exactly the identity there, not up to rounding
     return out.reshape(x.shape)
@@ -154,7 +158,9 @@ def exact_consistency_map(
     return consistency_map(mixture.denoise, x, sigma, sigma_min, tol)
 
 
-def gaussian_consistency_map(x: Tensor, sigma: Tensor | float, mean: Tensor | float, std: float, sigma_min: float = 0.002) -> Tensor:
+def gaussian_consistency_map(
+    x: Tensor, sigma: Tensor | float, mean: Tensor | float, std: float, sigma_min: float = 0.002
+) -> Tensor:
     """Closed form for data N(m, s²I): f⋆(x, σ) = m + c(σ) (x − m), c(σ) = sqrt((s² + σ_min²)/(s² + σ²)).
 
     x: (B, d), sigma: (B,) or scalar, mean: (d,) or scalar -> (B, d) float64.

@@ -31,8 +31,8 @@ judged against Monte-Carlo noise, estimated from `chunks` independent sub-batche
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -93,14 +93,16 @@ class CommonSamples:
     u: Tensor
 
     @staticmethod
-    def draw(sample_data: Callable[[int, torch.Generator], Tensor], m: int, dim: int, generator: torch.Generator) -> "CommonSamples":
+    def draw(
+        sample_data: Callable[[int, torch.Generator], Tensor], m: int, dim: int, generator: torch.Generator
+    ) -> CommonSamples:
         """Draw M triples in float64 from `sample_data(n, generator) -> (n, d)`."""
         x0 = sample_data(m, generator).to(torch.float64)
         z = torch.randn(m, dim, generator=generator, dtype=torch.float64)
         u = torch.rand(m, generator=generator, dtype=torch.float64)
         return CommonSamples(x0, z, u)
 
-    def chunk(self, k: int, chunks: int) -> "CommonSamples":
+    def chunk(self, k: int, chunks: int) -> CommonSamples:
         """The k-th of `chunks` equal contiguous sub-batches."""
         size = self.x0.shape[0] // chunks
         sl = slice(k * size, (k + 1) * size)
@@ -168,7 +170,9 @@ class LimitTerms:
     gap2: Tensor
 
 
-def limit_terms(f: PointFn, velocity: PointFn, s: CommonSamples, grid: Grid, alpha: float, weighting: Weighting = unit_weighting) -> LimitTerms:
+def limit_terms(
+    f: PointFn, velocity: PointFn, s: CommonSamples, grid: Grid, alpha: float, weighting: Weighting = unit_weighting
+) -> LimitTerms:
     """The integrands of R(θ) at t = t_lo + u T on the common samples."""
     t = grid.continuous(s.u)
     x = s.x0 + t[:, None] * s.z
@@ -220,7 +224,7 @@ class Theorem1Result:
     R_alpha2: float
     rel_error: list[float]
     order: list[float]
-    gradients: "GradientCheck | None" = None
+    gradients: GradientCheck | None = None
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "gradients"}
@@ -273,7 +277,15 @@ def _gap_stats(g_ct: Tensor, g_cd: Tensor) -> tuple[float, float, float, float]:
     return math.sqrt(gap2) / ref, math.sqrt(max(gap2 - noise2, 0.0)) / ref, gap2 / max(noise2, 1e-300), cos
 
 
-def _limit_gradient(model: nn.Module, velocity: PointFn, s: CommonSamples, grid: Grid, dist: TheoremDistance, weighting: Weighting, params: list[nn.Parameter]) -> tuple[Tensor, Tensor]:
+def _limit_gradient(
+    model: nn.Module,
+    velocity: PointFn,
+    s: CommonSamples,
+    grid: Grid,
+    dist: TheoremDistance,
+    weighting: Weighting,
+    params: list[nn.Parameter],
+) -> tuple[Tensor, Tensor]:
     """G_∞ for CT and CD on the samples: ∇_θ of C α T^{α−1} mean λ ‖∂f‖^{α−2} sg(∂f)ᵀ f_θ(x_t, t)."""
     t = grid.continuous(s.u)
     x = s.x0 + t[:, None] * s.z
@@ -315,7 +327,12 @@ def check_gradients(
             ct.append(_flat_grad(n ** (dist.alpha - 1) * l_ct.mean(), params, retain=True))
             cd.append(_flat_grad(n ** (dist.alpha - 1) * l_cd.mean(), params))
         per_n.append(_gap_stats(torch.stack(ct), torch.stack(cd)))
-    lim_ct, lim_cd = zip(*[_limit_gradient(model, velocity, samples.chunk(k, chunks), grid, dist, weighting, params) for k in range(chunks)])
+    lim_ct, lim_cd = zip(
+        *[
+            _limit_gradient(model, velocity, samples.chunk(k, chunks), grid, dist, weighting, params)
+            for k in range(chunks)
+        ]
+    )
     lim = _gap_stats(torch.stack(lim_ct), torch.stack(lim_cd))
     return GradientCheck(
         ns=list(ns),
@@ -355,7 +372,10 @@ def check_theorem1(
     """
     ns = default_ns() if ns is None else list(ns)
     m = samples.x0.shape[0]
-    pieces = [CommonSamples(samples.x0[i : i + batch], samples.z[i : i + batch], samples.u[i : i + batch]) for i in range(0, m, batch)]
+    pieces = [
+        CommonSamples(samples.x0[i : i + batch], samples.z[i : i + batch], samples.u[i : i + batch])
+        for i in range(0, m, batch)
+    ]
     gaps, cts, cds = [], [], []
     for n in ns:
         ct_sum = cd_sum = gap_sum = 0.0
@@ -383,10 +403,22 @@ def check_theorem1(
     rel = [abs(g - limit) / abs(limit) for g in gaps]
     order = [math.log2(a / b) if a > 0 and b > 0 else float("nan") for a, b in zip(rel, rel[1:])]
     return Theorem1Result(
-        distance=dist.name, C=dist.C, alpha=dist.alpha, T=T, ns=list(ns),
-        scaled_gap=gaps, scaled_ct=cts, scaled_cd=cds,
-        limit=limit, limit_ct=pref * T * float(ct.mean()), limit_cd=pref * T * float(cd.mean()), limit_stderr=stderr,
-        R=R, R_alpha2=R2, rel_error=rel, order=order,
+        distance=dist.name,
+        C=dist.C,
+        alpha=dist.alpha,
+        T=T,
+        ns=list(ns),
+        scaled_gap=gaps,
+        scaled_ct=cts,
+        scaled_cd=cds,
+        limit=limit,
+        limit_ct=pref * T * float(ct.mean()),
+        limit_cd=pref * T * float(cd.mean()),
+        limit_stderr=stderr,
+        R=R,
+        R_alpha2=R2,
+        rel_error=rel,
+        order=order,
     )
 
 

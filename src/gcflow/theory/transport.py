@@ -55,7 +55,9 @@ def minibatch_ot_cost(x0: Tensor, z: Tensor, batch: int) -> CostEstimate:
     return CostEstimate(float(t.mean()), err)
 
 
-def gaussian_costs(sigma: float, std: float, dim: int, mean_sq_norm: float = 0.0, sigma_min: float = 0.002) -> dict[str, float]:
+def gaussian_costs(
+    sigma: float, std: float, dim: int, mean_sq_norm: float = 0.0, sigma_min: float = 0.002
+) -> dict[str, float]:
     """Closed forms for data N(m, s²I) (‖m‖² = `mean_sq_norm`) against z ~ N(0, I).
 
     IC: ‖m‖² + d (s² + 1); exact OT (W2²): ‖m‖² + d (s − 1)²;

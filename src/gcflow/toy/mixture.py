@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -36,7 +36,7 @@ class GaussianMixture:
     weights: Tensor
 
     @staticmethod
-    def create(means: Tensor, stds: Tensor | float = 0.0, weights: Tensor | None = None) -> "GaussianMixture":
+    def create(means: Tensor, stds: Tensor | float = 0.0, weights: Tensor | None = None) -> GaussianMixture:
         """Build a mixture in float64; `stds` may be a scalar, (K,) or (K, d); weights default to uniform."""
         m = torch.as_tensor(means, dtype=torch.float64)
         if m.ndim != 2:
@@ -50,13 +50,17 @@ class GaussianMixture:
         s = s.clone()
         if (s < 0).any():
             raise ValueError("mixture standard deviations must be >= 0")
-        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        w = (
+            torch.full((k,), 1.0 / k, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
         if w.shape != (k,) or (w < 0).any() or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-9):
             raise ValueError("mixture weights must be K non-negative numbers summing to 1")
         return GaussianMixture(m, s, w)
 
     @staticmethod
-    def empirical(points: Tensor) -> "GaussianMixture":
+    def empirical(points: Tensor) -> GaussianMixture:
         """The empirical distribution of a finite data set, points of shape (n, *D) flattened to (n, d)."""
         p = torch.as_tensor(points, dtype=torch.float64).reshape(points.shape[0], -1)
         return GaussianMixture.create(p, 0.0)
@@ -79,8 +83,13 @@ class GaussianMixture:
         second = self.weights @ (self.stds**2 + (self.means - mu) ** 2).sum(dim=1)
         return float(torch.sqrt(second / self.dim))
 
-    def sample(self, n: int, generator: torch.Generator | None = None, return_labels: bool = False,
-               dtype: torch.dtype = torch.float64):
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        return_labels: bool = False,
+        dtype: torch.dtype = torch.float64,
+    ):
         """Draw n points, shape (n, d) in `dtype` (and component labels (n,) if asked).
 
         Training data for a network: dtype=torch.float32 (what the bundled trainer's toy source

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,8 +81,14 @@ def _adam(params: Any, cfg: Config) -> torch.optim.Optimizer:
     o = cfg.optim
     params = list(params)
     fused = bool(params) and params[0].is_cuda  # one fused kernel on CUDA; foreach kernels on the CPU
-    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                             foreach=None if fused else True, fused=fused or None)
+    return torch.optim.AdamW(
+        params,
+        lr=o.lr,
+        betas=tuple(o.betas),
+        weight_decay=o.weight_decay,
+        foreach=None if fused else True,
+        fused=fused or None,
+    )
 
 
 def _radam(params: Any, cfg: Config) -> torch.optim.Optimizer:

@@ -107,7 +107,9 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return removed
 
 
-def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], meta: dict[str, Any], keep: int = 3) -> Path:
+def save_checkpoint(
+    directory: Path, step: int, tensors: dict[str, Tensor], meta: dict[str, Any], keep: int = 3
+) -> Path:
     """Write `ckpt-<step>.safetensors` atomically, then delete all but the newest `keep` checkpoints.
 
     Non-finite tensors are refused (a diverged model never replaces a good checkpoint), and a failed
@@ -157,7 +159,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     """
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path} is not a .safetensors checkpoint; gcflow never loads pickled (.pt/.pkl) checkpoints")
+        raise CheckpointError(
+            f"{path} is not a .safetensors checkpoint; gcflow never loads pickled (.pt/.pkl) checkpoints"
+        )
     raw = _read_bounded(path)
     try:
         tensors = st_load(raw)
@@ -214,7 +218,9 @@ def _data_length(header: bytes) -> int:
 
 def _corrupt(path: Path, raw: bytes, exc: Exception) -> CheckpointError:
     if raw[:1] == _PICKLE_MAGIC or raw[:4] == _ZIP_MAGIC:
-        return CheckpointError(f"{path} is a pickle or torch.save file, not a safetensors checkpoint; gcflow never unpickles checkpoints")
+        return CheckpointError(
+            f"{path} is a pickle or torch.save file, not a safetensors checkpoint; gcflow never unpickles checkpoints"
+        )
     return CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__})")
 
 
@@ -225,7 +231,9 @@ def _parse_meta(path: Path, header: Any) -> dict[str, Any]:
         if not isinstance(text, str):
             raise TypeError
     except (KeyError, TypeError):
-        raise CheckpointError(f"{path} is not a gcflow checkpoint (its metadata has no gcflow step and config)") from None
+        raise CheckpointError(
+            f"{path} is not a gcflow checkpoint (its metadata has no gcflow step and config)"
+        ) from None
     try:
         meta = loads_bounded(text)
     except ValueError as exc:
@@ -292,8 +300,9 @@ def validate_meta(meta: dict[str, Any]) -> None:
     if not _is_int(meta.get("num_classes"), 0, 1 << 20):
         raise ValueError(f"num_classes must be a non-negative integer, got {_short(meta.get('num_classes'))}")
     window = meta.get("loss_window")
-    if window is not None and not (isinstance(window, list) and len(window) == 2 and _is_number(window[0])
-                                   and _is_int(window[1])):
+    if window is not None and not (
+        isinstance(window, list) and len(window) == 2 and _is_number(window[0]) and _is_int(window[1])
+    ):
         raise ValueError(f"loss_window must be null or [loss sum, count], got {_short(window)}")
     data = meta.get("data")
     if not isinstance(data, dict) or not all(k in ("epoch", "position") and _is_int(v) for k, v in data.items()):
@@ -304,7 +313,9 @@ def validate_meta(meta: dict[str, Any]) -> None:
 
 
 def _validate_optimizer_meta(opt: Any) -> None:
-    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list) and isinstance(opt.get("scalars"), dict)):
+    if not (
+        isinstance(opt, dict) and isinstance(opt.get("param_groups"), list) and isinstance(opt.get("scalars"), dict)
+    ):
         raise ValueError("optimizer must be an object with param_groups (list) and scalars (object)")
     for group in opt["param_groups"]:
         if not isinstance(group, dict) or not isinstance(group.get("params"), list):

@@ -47,20 +47,27 @@ class NetworkConfig:
     attn_resolutions: tuple[int, ...] = _f((16,), "songunet: resolutions with self-attention ('none' for no attention)")
     dropout: tuple[float, ...] = _f((0.0,), "dropout (one number or, for songunet, one per level)")
     embedding: str = _f("positional", "songunet: noise embedding, positional or fourier")
-    noise_label_scale: float = _f(1000.0, "songunet: c_noise multiplier before the embedding (1000 as iCT; 1 as the paper's code)")
+    noise_label_scale: float = _f(
+        1000.0, "songunet: c_noise multiplier before the embedding (1000 as iCT; 1 as the paper's code)"
+    )
     class_conditional: bool = _f(False, "condition on class labels (datasets with labels)")
 
 
 @dataclass
 class MethodConfig:
-    pairs: str = _f("ct", "objective: ct (consistency training), cd (distillation: method.teacher, else the exact "
-                    "velocity of the toy or of the empirical data), edm (diffusion pretraining), ect (ECT tuning)")
+    pairs: str = _f(
+        "ct",
+        "objective: ct (consistency training), cd (distillation: method.teacher, else the exact "
+        "velocity of the toy or of the empirical data), edm (diffusion pretraining), ect (ECT tuning)",
+    )
     coupling: str = _f("independent", "data-noise coupling: independent (iCT) or ot (minibatch optimal transport)")
     gc_mu: float = _f(0.0, "mu: probability that a sample is a generator-augmented (GC) pair, in [0, 1]")
     gc_predictor: str = _f("ema", "GC predictor: ema (default), online, or frozen (a trained run, see gc_checkpoint)")
     gc_checkpoint: str = _f("", "run folder or checkpoint file of the frozen GC predictor")
     cd_solver: str = _f("euler", "ODE step for CD pairs: euler or heun")
-    distance: str = _f("pseudo_huber", "distance: pseudo_huber, l2 (squared norm) or l2_norm (Euclidean norm; old name l1)")
+    distance: str = _f(
+        "pseudo_huber", "distance: pseudo_huber, l2 (squared norm) or l2_norm (Euclidean norm; old name l1)"
+    )
     sigma_min: float = _f(0.002, "smallest noise level")
     sigma_max: float = _f(80.0, "largest noise level")
     sigma_data: float = _f(0.5, "data standard deviation used by the preconditioning")
@@ -90,7 +97,9 @@ class OptimConfig:
     ema_decay: float = _f(0.9999, "EMA decay per step (used when ema_half_life is 0)")
     ema_half_life: float = _f(0.0, "EMA half-life in training images (0 = use ema_decay)")
     grad_clip: float = _f(0.0, "clip the gradient norm to this value (0 = no clipping, as the paper)")
-    ema_schedule: str = _f("constant", "EMA decay: constant (ema_decay or ema_half_life) or warmup (ema-pytorch's, as the paper)")
+    ema_schedule: str = _f(
+        "constant", "EMA decay: constant (ema_decay or ema_half_life) or warmup (ema-pytorch's, as the paper)"
+    )
     ema_update_every: int = _f(1, "update the EMA every this many steps (the paper: 5)")
     ema_start: int = _f(-1, "copy the weights into the EMA until this step (-1 = never; warmup needs >= 0)")
     ema_inv_gamma: float = _f(1.0, "warmup EMA: decay = min(ema_decay, 1 - (1 + e/inv_gamma)^-power)")
@@ -240,7 +249,10 @@ def check_overrides_agree(items: list[tuple[str, str]]) -> None:
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     """The config as plain JSON-able dicts (tuples become lists)."""
-    return {g: {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(getattr(cfg, g)).items()} for g in GROUPS}
+    return {
+        g: {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(getattr(cfg, g)).items()}
+        for g in GROUPS
+    }
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -298,7 +310,9 @@ def validate(cfg: Config) -> None:
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise ConfigError(f"{key}={value} is not a finite number")
     if not (m.sigma_min > 0 and m.sigma_max > 0):
-        raise ConfigError(f"noise levels must be positive, got method.sigma_min={m.sigma_min}, method.sigma_max={m.sigma_max}")
+        raise ConfigError(
+            f"noise levels must be positive, got method.sigma_min={m.sigma_min}, method.sigma_max={m.sigma_max}"
+        )
     if m.sigma_min >= m.sigma_max:
         raise ConfigError(f"method.sigma_min={m.sigma_min} must be smaller than method.sigma_max={m.sigma_max}")
     _check_float32_range(cfg)
@@ -326,7 +340,9 @@ def validate(cfg: Config) -> None:
     if t.threads < 0:
         raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
     if min(t.eval_every, t.checkpoint_every, t.log_every) < 0 or t.keep_checkpoints < 1 or t.sample_steps < 1:
-        raise ConfigError("train.eval_every, checkpoint_every, log_every must be >= 0; keep_checkpoints, sample_steps >= 1")
+        raise ConfigError(
+            "train.eval_every, checkpoint_every, log_every must be >= 0; keep_checkpoints, sample_steps >= 1"
+        )
     _validate_schedules(cfg)
     if any(not 0.0 <= p < 1.0 for p in cfg.network.dropout):
         raise ConfigError(f"network.dropout={list(cfg.network.dropout)} must be in [0, 1)")
@@ -402,7 +418,9 @@ def check_teacher_options(cfg: Config) -> None:
     if m.pairs == "edm" and (m.gc_mu > 0 or m.teacher):
         raise ConfigError("method.pairs=edm trains a diffusion model; drop method.gc_mu and method.teacher")
     if m.teacher and m.pairs != "cd":
-        raise ConfigError(f"method.teacher is used by method.pairs=cd only (got method.pairs={m.pairs}); use method.init_from")
+        raise ConfigError(
+            f"method.teacher is used by method.pairs=cd only (got method.pairs={m.pairs}); use method.init_from"
+        )
     if m.ect_q <= 1 or m.ect_k < 0 or m.ect_b < 0 or m.ect_stages < 1 or m.edm_sampler_steps < 1:
         raise ConfigError("need method.ect_q > 1, method.ect_k, ect_b >= 0, method.ect_stages, edm_sampler_steps >= 1")
 
@@ -411,7 +429,9 @@ def _validate_schedules(cfg: Config) -> None:
     """The EMA and μ schedules and the precision check (issue 11)."""
     m, o, t = cfg.method, cfg.optim, cfg.train
     if o.ema_update_every < 1 or o.ema_start < -1:
-        raise ConfigError(f"need optim.ema_update_every >= 1 and optim.ema_start >= -1, got {o.ema_update_every}, {o.ema_start}")
+        raise ConfigError(
+            f"need optim.ema_update_every >= 1 and optim.ema_start >= -1, got {o.ema_update_every}, {o.ema_start}"
+        )
     if o.ema_inv_gamma <= 0 or o.ema_power <= 0:
         raise ConfigError(f"optim.ema_inv_gamma={o.ema_inv_gamma} and optim.ema_power={o.ema_power} must be > 0")
     if o.ema_schedule == "warmup" and (o.ema_half_life > 0 or o.ema_start < 0):

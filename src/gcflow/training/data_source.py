@@ -33,7 +33,15 @@ class DataSource(Protocol):
 class ToySource:
     """Fresh samples of a Gaussian mixture at every step (an infinite data set)."""
 
-    def __init__(self, mixture: GaussianMixture, global_batch: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        mixture: GaussianMixture,
+        global_batch: int,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.mixture = mixture
         self.shape = (mixture.dim,)
         self.num_classes = 0
@@ -57,7 +65,9 @@ def is_toy(name: str) -> bool:
     return name in TOY_PRESETS
 
 
-def build_toy_source(name: str, global_batch: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1) -> ToySource:
+def build_toy_source(
+    name: str, global_batch: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
+) -> ToySource:
     return ToySource(make_toy(name), global_batch, seed, device, rank, world_size)
 
 
@@ -93,8 +103,15 @@ class ImageSource:
     def __init__(self, cfg: Config, device: torch.device, rank: int = 0, world_size: int = 1) -> None:
         self.dataset = load_split(cfg, image_splits(cfg.data.name)[0])
         _check_batch(self.dataset, cfg)
-        self.loader = DeviceBatches(self.dataset, cfg.train.batch_size, device=device, seed=cfg.train.seed,
-                                    flip=cfg.data.flip, world_size=world_size, rank=rank)
+        self.loader = DeviceBatches(
+            self.dataset,
+            cfg.train.batch_size,
+            device=device,
+            seed=cfg.train.seed,
+            flip=cfg.data.flip,
+            world_size=world_size,
+            rank=rank,
+        )
         self.shape = tuple(self.dataset.images.shape[1:])
         self.conditional = bool(cfg.network.class_conditional and self.dataset.labels is not None)
         self.num_classes = self.dataset.num_classes if self.conditional else 0

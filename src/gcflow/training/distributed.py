@@ -22,10 +22,11 @@ backends when CUDA is available, so small control messages always travel as CPU 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -110,8 +111,10 @@ class World:
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
         dist.all_reduce(lo, op=dist.ReduceOp.MIN)
         if not torch.equal(hi, lo):
-            raise DistributedError(f"the processes' {what} differ; the run is no longer data-parallel (a nondeterministic "
-                                   "kernel or a hardware fault); restart from the last checkpoint with --resume")
+            raise DistributedError(
+                f"the processes' {what} differ; the run is no longer data-parallel (a nondeterministic "
+                "kernel or a hardware fault); restart from the last checkpoint with --resume"
+            )
 
 
 def _broadcast(obj: Any) -> Any:
@@ -127,7 +130,9 @@ def _env_int(env: dict[str, str], key: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(f"environment variable {key}={text!r} is not an integer; start distributed runs with torchrun") from None
+        raise ConfigError(
+            f"environment variable {key}={text!r} is not an integer; start distributed runs with torchrun"
+        ) from None
 
 
 def world_from_env(env: dict[str, str] | None = None) -> World:
@@ -147,11 +152,15 @@ def device_for(world: World, name: str) -> torch.device:
     if not world.distributed or dev.type != "cuda":
         return dev
     if name not in ("auto", "cuda"):
-        raise ConfigError(f"train.device={name!r} names one GPU, but torchrun started {world.size} processes; "
-                          "use train.device=cuda (process r of a node takes cuda:LOCAL_RANK)")
+        raise ConfigError(
+            f"train.device={name!r} names one GPU, but torchrun started {world.size} processes; "
+            "use train.device=cuda (process r of a node takes cuda:LOCAL_RANK)"
+        )
     count = torch.cuda.device_count()
     if world.local_rank >= count:
-        raise ConfigError(f"LOCAL_RANK={world.local_rank} but this node has {count} CUDA devices; use torchrun --nproc-per-node={count} or fewer")
+        raise ConfigError(
+            f"LOCAL_RANK={world.local_rank} but this node has {count} CUDA devices; use torchrun --nproc-per-node={count} or fewer"
+        )
     torch.cuda.set_device(world.local_rank)
     return torch.device("cuda", world.local_rank)
 

@@ -11,8 +11,9 @@ as that floor (297 for digits), since both estimators are biased by 1/n.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,9 @@ from gcflow.training.config import Config
 from gcflow.training.data_source import ImageSource, image_splits, is_toy, load_split
 
 
-def generate(model: nn.Module, z: Tensor, cfg: Config, steps: int, class_labels: Tensor | None = None, seed: int = 0) -> Tensor:
+def generate(
+    model: nn.Module, z: Tensor, cfg: Config, steps: int, class_labels: Tensor | None = None, seed: int = 0
+) -> Tensor:
     """Samples (B, *D) from standard normals z with the 1-step or multistep consistency sampler."""
     m = cfg.method
     if m.pairs == "edm":  # a diffusion run: EDM's deterministic Heun sampler (gcflow.teacher.edm_sampler)
@@ -52,7 +55,9 @@ class ToyEvaluator:
     differ only through the model; the noise floor is the same metric between two data samples.
     """
 
-    def __init__(self, sample_data: Callable[[int, torch.Generator], Tensor], n: int, dim: int, seed: int, device: torch.device) -> None:
+    def __init__(
+        self, sample_data: Callable[[int, torch.Generator], Tensor], n: int, dim: int, seed: int, device: torch.device
+    ) -> None:
         self.reference = sample_data(n, step_generator(seed, 0, "eval")).to(torch.float32)
         self.z = torch.randn(n, dim, generator=step_generator(seed, 1, "eval")).to(device)
         self.floor = noise_floor(sample_data, n, seed=seed + 1)
@@ -72,7 +77,9 @@ class ToyEvaluator:
 class ImageEvaluator:
     """Samples a fixed set of latents with the EMA model and scores them against the data."""
 
-    def __init__(self, cfg: Config, source: ImageSource, device: torch.device, log: Callable[..., None] = print) -> None:
+    def __init__(
+        self, cfg: Config, source: ImageSource, device: torch.device, log: Callable[..., None] = print
+    ) -> None:
         t = cfg.train
         self.device = device
         self.seed = t.seed
@@ -83,8 +90,9 @@ class ImageEvaluator:
         self.z = torch.randn((t.eval_samples, *source.shape), generator=step_generator(t.seed, 1, "eval")).to(device)
         self.labels = None
         if source.conditional:
-            self.labels = torch.randint(0, source.num_classes, (t.eval_samples,),
-                                        generator=step_generator(t.seed, 2, "eval")).to(device)
+            self.labels = torch.randint(
+                0, source.num_classes, (t.eval_samples,), generator=step_generator(t.seed, 2, "eval")
+            ).to(device)
         held_out = _held_out_split(cfg, log)
         self.floor_images = held_out.images[: min(len(held_out), n)] if held_out is not None else None
         self.m = len(self.floor_images) if self.floor_images is not None else n
@@ -106,7 +114,10 @@ class ImageEvaluator:
         res = train.images.shape[-1]
         path = cache_dir() / "classifiers" / f"{cfg.data.name}-{res}px.safetensors"
         extractor, meta = load_or_train_classifier(
-            path, cfg.data.name, lambda: (train.images, train.labels, held_out.images, held_out.labels), seed=0,
+            path,
+            cfg.data.name,
+            lambda: (train.images, train.labels, held_out.images, held_out.labels),
+            seed=0,
             log=lambda msg: print(f"gcflow: {msg}"),
         )
         self.classifier = extractor
@@ -122,8 +133,11 @@ class ImageEvaluator:
         chunks = []
         for i in range(0, self.z.shape[0], 500):
             lab = self.labels[i : i + 500] if self.labels is not None else None
-            chunks.append(generate(model, self.z[i : i + 500], cfg, cfg.train.sample_steps, class_labels=lab,
-                                   seed=self.seed).cpu())
+            chunks.append(
+                generate(
+                    model, self.z[i : i + 500], cfg, cfg.train.sample_steps, class_labels=lab, seed=self.seed
+                ).cpu()
+            )
         x = torch.cat(chunks)
         if not bool(torch.isfinite(x).all()):
             return {"pixel_sliced_w2": float("nan")}, x.nan_to_num(0.0)
@@ -138,8 +152,12 @@ class ImageEvaluator:
     def write_pictures(self, run_dir: Path, samples: Tensor, records: list[dict]) -> None:
         side = samples.shape[-1]
         save_image_grid(run_dir / "samples.png", samples[:100], nrow=10, scale=max(1, 64 // side))
-        save_curves(run_dir / "metrics.png", records, [*TRAIN_CURVES, "classifier_fd", "pixel_sliced_w2"],
-                    {"classifier_fd": "classifier_fd_noise_floor", "pixel_sliced_w2": "pixel_sliced_w2_noise_floor"})
+        save_curves(
+            run_dir / "metrics.png",
+            records,
+            [*TRAIN_CURVES, "classifier_fd", "pixel_sliced_w2"],
+            {"classifier_fd": "classifier_fd_noise_floor", "pixel_sliced_w2": "pixel_sliced_w2_noise_floor"},
+        )
 
 
 def _held_out_split(cfg: Config, log: Callable[..., None]) -> ImageDataset | None:
@@ -152,14 +170,16 @@ def _held_out_split(cfg: Config, log: Callable[..., None]) -> ImageDataset | Non
         return None
 
 
-def build_evaluator(cfg: Config, source: Any, device: torch.device,
-                    log: Callable[..., None] = print) -> ToyEvaluator | ImageEvaluator:
+def build_evaluator(
+    cfg: Config, source: Any, device: torch.device, log: Callable[..., None] = print
+) -> ToyEvaluator | ImageEvaluator:
     """The evaluator of the configured data (toys: exact W2 against a fixed reference sample and its noise floor)."""
     if is_toy(cfg.data.name):
         mix = source.mixture
         # float64 draws: the noise floor is computed from them exactly as before toy samples became float32
-        return ToyEvaluator(lambda n, g: mix.sample(n, g, dtype=torch.float64), cfg.train.eval_samples, mix.dim,
-                            cfg.train.seed, device)
+        return ToyEvaluator(
+            lambda n, g: mix.sample(n, g, dtype=torch.float64), cfg.train.eval_samples, mix.dim, cfg.train.seed, device
+        )
     return ImageEvaluator(cfg, source, device, log)
 
 
@@ -174,9 +194,17 @@ def write_pictures(run_dir: Path, cfg: Config, samples: Tensor, evaluator: Any, 
     "train" records and the sample-quality metrics (with their noise floors) from the evaluations.
     """
     if samples.ndim == 2 and samples.shape[1] == 2:
-        save_scatter(run_dir / "samples.png", samples[:2000], getattr(evaluator, "reference", None),
-                     title=f"{cfg.data.name}, step {records[-1]['step']}")
-        save_curves(run_dir / "metrics.png", records, [*TRAIN_CURVES, "w2", "sliced_w2"],
-                    {"w2": "w2_noise_floor", "sliced_w2": "sliced_w2_noise_floor"})
+        save_scatter(
+            run_dir / "samples.png",
+            samples[:2000],
+            getattr(evaluator, "reference", None),
+            title=f"{cfg.data.name}, step {records[-1]['step']}",
+        )
+        save_curves(
+            run_dir / "metrics.png",
+            records,
+            [*TRAIN_CURVES, "w2", "sliced_w2"],
+            {"w2": "w2_noise_floor", "sliced_w2": "sliced_w2_noise_floor"},
+        )
     else:
         evaluator.write_pictures(run_dir, samples, records)

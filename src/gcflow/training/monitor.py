@@ -27,9 +27,10 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,8 +95,9 @@ class TrainCurves:
         sinks: where records go.
     """
 
-    def __init__(self, cfg: Config, stepper: Any, opt: torch.optim.Optimizer, device: torch.device,
-                 sinks: MetricSink) -> None:
+    def __init__(
+        self, cfg: Config, stepper: Any, opt: torch.optim.Optimizer, device: torch.device, sinks: MetricSink
+    ) -> None:
         self.cfg, self.stepper, self.opt, self.device, self.sinks = cfg, stepper, opt, device, sinks
         self.sums = torch.zeros(2, device=device)
         self.count = 0  # steps in the window
@@ -167,7 +169,6 @@ class TrainCurves:
         self.sinks.scalars(w.step, record)
         self.latest = {"step": w.step, **record}
 
-
     def restore(self, record: dict[str, Any]) -> None:
         """Continue the window of a "partial" record written when the run was stopped (see the module docstring)."""
         self.sums = torch.tensor([record["loss_sum"], record["grad_norm_sum"]], device=self.device)
@@ -210,11 +211,18 @@ def take_partial_window(run_dir: Path, step: int) -> dict[str, Any] | None:
 # -- Evaluations -----------------------------------------------------------------------------------
 
 
-def eval_record(done: int, cfg: Config, n_scales: int, loss: float, metrics: dict[str, Any],
-                seconds: float) -> dict[str, Any]:
+def eval_record(
+    done: int, cfg: Config, n_scales: int, loss: float, metrics: dict[str, Any], seconds: float
+) -> dict[str, Any]:
     """The "eval" record of metrics.jsonl (without "step", which the sink adds first)."""
-    return {"kind": EVAL, "images": done * cfg.train.batch_size, "n_scales": n_scales, "loss": float(loss),
-            **metrics, "seconds": round(seconds, 3)}
+    return {
+        "kind": EVAL,
+        "images": done * cfg.train.batch_size,
+        "n_scales": n_scales,
+        "loss": float(loss),
+        **metrics,
+        "seconds": round(seconds, 3),
+    }
 
 
 def eval_line(step: int, record: dict[str, Any]) -> str:
@@ -248,8 +256,17 @@ class Monitor:
     config as text, keeps the training curves (`curves`), and records each evaluation.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path, stepper: Any, opt: torch.optim.Optimizer, device: torch.device,
-                 log: Callable[..., None], resume_step: int | None = None, active: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        stepper: Any,
+        opt: torch.optim.Optimizer,
+        device: torch.device,
+        log: Callable[..., None],
+        resume_step: int | None = None,
+        active: bool = True,
+    ) -> None:
         self.cfg, self.run_dir, self.log, self.active = cfg, Path(run_dir), log, active
         # (before the sinks open metrics.jsonl: taking the partial record back rewrites the file)
         partial = take_partial_window(self.run_dir, resume_step) if active and resume_step is not None else None

@@ -96,8 +96,12 @@ def ect_objective(step: TrainStep, inp: StepInputs, z: Tensor) -> Tensor:
     return pairs.weight * step.distance(pred, target.detach())
 
 
-OBJECTIVES: dict[str, Objective] = {"ct": pairs_objective, "cd": pairs_objective, "edm": edm_objective,
-                                    "ect": ect_objective}
+OBJECTIVES: dict[str, Objective] = {
+    "ct": pairs_objective,
+    "cd": pairs_objective,
+    "edm": edm_objective,
+    "ect": ect_objective,
+}
 
 
 def get_objective(name: str) -> Objective:

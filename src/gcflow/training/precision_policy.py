@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -126,9 +127,17 @@ class PrecisionPolicy:
         # Log the first decision and every switch; a run resumed at a checked step finds that step's
         # decision already taken up by `attach`, so it is not logged twice.
         if chosen != self._prev and self.sink is not None:
-            self.sink({"step": inp.step, "event": EVENT, "precision": chosen, "n_scales": inp.n_scales,
-                       "sign_agreement": stats.sign_agreement, "loss_rel_err": stats.loss_rel_err,
-                       "grad_cosine": stats.grad_cosine})
+            self.sink(
+                {
+                    "step": inp.step,
+                    "event": EVENT,
+                    "precision": chosen,
+                    "n_scales": inp.n_scales,
+                    "sign_agreement": stats.sign_agreement,
+                    "loss_rel_err": stats.loss_rel_err,
+                    "grad_cosine": stats.grad_cosine,
+                }
+            )
         self.current = self._prev = chosen
 
     def backward(self, loss: Tensor, params: list[Tensor]) -> None:

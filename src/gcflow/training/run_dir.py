@@ -27,8 +27,22 @@ from gcflow.files import SymlinkError, atomic_write_text, open_nofollow
 _NOT_A_RUN = (".lock", ".write-test")
 # Everything gcflow writes at the top of a train run or an experiment folder; a folder holding only
 # these (e.g. a run killed before its config.json) is recognisably gcflow's and may be replaced.
-RUN_FILES = frozenset({"config.json", "metrics.jsonl", "summary.json", "samples.png", "metrics.png", "checkpoints",
-                       "samples", "results.json", "report.md", "events.jsonl", "tb", *_NOT_A_RUN})
+RUN_FILES = frozenset(
+    {
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "samples.png",
+        "metrics.png",
+        "checkpoints",
+        "samples",
+        "results.json",
+        "report.md",
+        "events.jsonl",
+        "tb",
+        *_NOT_A_RUN,
+    }
+)
 _GCFLOW_ARTEFACT = re.compile(r"^(eval-\d+step\.json|\.[^/]+\.tmp-\d+|[\w.-]+\.(png|svg|pdf|md))$")
 _MAX_CONFIG_BYTES = 1 << 20
 _DEFAULT_NAME_TRIES = 100
@@ -61,12 +75,16 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     has_run = path.is_dir() and any(p.name not in _NOT_A_RUN for p in path.iterdir())
     if resume:
         if not (path / "config.json").is_file():
-            raise RunDirError(f"cannot resume: {path} holds no run (no config.json); start a new run there without --resume")
+            raise RunDirError(
+                f"cannot resume: {path} holds no run (no config.json); start a new run there without --resume"
+            )
         check_no_symlinks(path)
         _remove_stale_temp_files(path)  # e.g. a config.json or metrics.jsonl write killed before its rename
         return path
     if has_run and not overwrite:
-        raise RunDirError(f"run folder {path} already exists; pass --resume to continue it or --overwrite to replace it")
+        raise RunDirError(
+            f"run folder {path} already exists; pass --resume to continue it or --overwrite to replace it"
+        )
     if has_run:
         check_overwritable(path)
     check_no_symlinks(path)
@@ -198,9 +216,11 @@ def _is_artefact(p: Path) -> bool:
     if p.is_symlink():
         return False
     # (config.json and results.json count only when they parse as gcflow's, see check_overwritable)
-    return (p.name in RUN_FILES and p.name not in ("checkpoints", "samples", "config.json", "results.json")) or (
-        p.is_file() and bool(_GCFLOW_ARTEFACT.match(p.name))) or (p.name in ("checkpoints", "samples") and p.is_dir()
-                                                                  and _only_gcflow_outputs(p))
+    return (
+        (p.name in RUN_FILES and p.name not in ("checkpoints", "samples", "config.json", "results.json"))
+        or (p.is_file() and bool(_GCFLOW_ARTEFACT.match(p.name)))
+        or (p.name in ("checkpoints", "samples") and p.is_dir() and _only_gcflow_outputs(p))
+    )
 
 
 def _only_gcflow_outputs(folder: Path) -> bool:
@@ -240,8 +260,11 @@ def _is_experiment(path: Path, entries: list[Path]) -> bool:
     if isinstance(doc, dict) and isinstance(doc.get("experiment"), str):
         return True
     subdirs = [p for p in entries if p.is_dir() and not p.is_symlink()]
-    return bool(subdirs) and all(_is_artefact(p) or p in subdirs for p in entries) and all(
-        _has_gcflow_config(d) or _has_checkpoints(d) for d in subdirs)
+    return (
+        bool(subdirs)
+        and all(_is_artefact(p) or p in subdirs for p in entries)
+        and all(_has_gcflow_config(d) or _has_checkpoints(d) for d in subdirs)
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -373,14 +396,16 @@ class RunLock:
     def held(self) -> bool:
         return self.fd is not None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         for _ in range(10):
             try:
                 fd = open_nofollow(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             except SymlinkError as exc:
                 raise RunDirError(f"{exc}; gcflow never follows a link for its lock file") from None
             except OSError as exc:
-                raise RunDirError(f"cannot lock run folder {self.path.parent}: {_why(exc)}; choose another folder with --out") from None
+                raise RunDirError(
+                    f"cannot lock run folder {self.path.parent}: {_why(exc)}; choose another folder with --out"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -393,7 +418,9 @@ class RunLock:
                 ) from None
             except OSError as exc:  # e.g. a file system without locks
                 os.close(fd)
-                raise RunDirError(f"cannot lock run folder {self.path.parent}: {_why(exc)}; use a folder on a local disk") from None
+                raise RunDirError(
+                    f"cannot lock run folder {self.path.parent}: {_why(exc)}; use a folder on a local disk"
+                ) from None
             # The holder we waited on may have unlinked the file before we locked it: retry on the new one.
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
@@ -414,7 +441,7 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

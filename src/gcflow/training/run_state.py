@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -238,7 +239,7 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def record_kind(record: dict[str, Any]) -> str:
-    """"event" (e.g. a precision switch), "train" (the every-log_every training record) or "eval" (an
+    """ "event" (e.g. a precision switch), "train" (the every-log_every training record) or "eval" (an
     evaluation; also records without a kind, written before training records existed)."""
     if "event" in record:
         return "event"
@@ -352,10 +353,18 @@ def extend_run(run_dir: Path, cfg: Config, steps: int, log: Callable[..., None])
     before, after = ict_num_scales(max(done - 1, 0), old, m.s0, m.s1), ict_num_scales(done, steps, m.s0, m.s1)
     new = from_dict(to_dict(cfg))
     new.train.steps = steps
-    run_dir_files.append_metrics(run_dir / EVENTS, {
-        "event": "extend", "step": done, "steps_from": old, "steps_to": steps,
-        "n_scales_before": before, "n_scales_after": after, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
+    run_dir_files.append_metrics(
+        run_dir / EVENTS,
+        {
+            "event": "extend",
+            "step": done,
+            "steps_from": old,
+            "steps_to": steps,
+            "n_scales_before": before,
+            "n_scales_after": after,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
     atomic_write_bytes(run_dir / "config.json", (json.dumps(to_dict(new), indent=2) + "\n").encode())
     log(
         f"gcflow: train.steps {old} -> {steps} from step {done}: the curriculum N(k) depends on the total steps, "

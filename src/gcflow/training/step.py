@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -102,8 +103,9 @@ def ema_schedule(cfg: Config, decay: float) -> EmaSchedule:
     return EmaSchedule(decay, False, o.ema_update_every, start)
 
 
-def draw_inputs(cfg: Config, source: Any, step: int, device: torch.device, world: World = World(),
-                channels_last: bool = False) -> StepInputs:
+def draw_inputs(
+    cfg: Config, source: Any, step: int, device: torch.device, world: World = World(), channels_last: bool = False
+) -> StepInputs:
     """Draw step `step`'s global levels, noise and GC selection and keep this process's rows."""
     t, m = cfg.train, cfg.method
     n_scales = ict_num_scales(step, t.steps, m.s0, m.s1)
@@ -111,11 +113,20 @@ def draw_inputs(cfg: Config, source: Any, step: int, device: torch.device, world
     b = x0.shape[0]
     lo = world.rank * b
     levels = sample_noise_levels(
-        n_scales, t.batch_size, sigma_min=m.sigma_min, sigma_max=m.sigma_max, rho=m.rho,
-        p_mean=m.p_mean, p_std=m.p_std, generator=step_generator(t.seed, step, "levels"), device=None,
+        n_scales,
+        t.batch_size,
+        sigma_min=m.sigma_min,
+        sigma_max=m.sigma_max,
+        rho=m.rho,
+        p_mean=m.p_mean,
+        p_std=m.p_std,
+        generator=step_generator(t.seed, step, "levels"),
+        device=None,
     )
     sig_i, sig_n, weight = to_device(torch.stack(levels)[:, lo : lo + b], device).unbind(0)
-    z = torch.randn((t.batch_size, *x0.shape[1:]), generator=step_generator(t.seed, step, "noise", device), device=device)[lo : lo + b]
+    z = torch.randn(
+        (t.batch_size, *x0.shape[1:]), generator=step_generator(t.seed, step, "noise", device), device=device
+    )[lo : lo + b]
     gc_mask, mu = None, mu_schedule(cfg)
     if mu.ever_gc:  # a constant μ draws exactly as before schedules existed
         gc_mask = select_gc(t.batch_size, mu.at(step, t.steps), step_generator(t.seed, step, "gc"))[lo : lo + b]
@@ -145,10 +156,23 @@ class TrainStep:
             CUDA), so that cuDNN autotuning and torch.compile meet a few batch sizes, not ~70.
     """
 
-    def __init__(self, cfg: Config, source: Any, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, *,
-                 device: torch.device, decay: float, world: World = World(), predictor: Callable[..., Tensor] | None = None,
-                 velocity: PointFn | None = None, loss_fn: Callable[..., Tensor] = consistency_loss,
-                 overlap_ot: bool | None = None, pad_predictor: bool | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        source: Any,
+        model: nn.Module,
+        ema: nn.Module,
+        opt: torch.optim.Optimizer,
+        *,
+        device: torch.device,
+        decay: float,
+        world: World = World(),
+        predictor: Callable[..., Tensor] | None = None,
+        velocity: PointFn | None = None,
+        loss_fn: Callable[..., Tensor] = consistency_loss,
+        overlap_ot: bool | None = None,
+        pad_predictor: bool | None = None,
+    ) -> None:
         t, m = cfg.train, cfg.method
         self.cfg, self.source, self.model, self.ema, self.opt = cfg, source, model, ema, opt
         self.device, self.decay, self.world, self.loss_fn = device, decay, world, loss_fn
@@ -176,8 +200,12 @@ class TrainStep:
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            grad_net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                           broadcast_buffers=False, gradient_as_bucket_view=True)
+            grad_net = DDP(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False,
+                gradient_as_bucket_view=True,
+            )
         nograd_net: nn.Module = model
         if t.compile:
             grad_net = torch.compile(grad_net)  # type: ignore[assignment]
@@ -294,8 +322,17 @@ class TrainStep:
 
     def pairs(self, inp: StepInputs, z: Tensor) -> Any:
         """This step's CT/CD pairs (GC rows where inp.gc_mask): the library call a user's own loop makes."""
-        return build_pairs(self.recipe, inp.x0, z, inp.sigma_i, inp.sigma_next, inp.weight,
-                           gc_mask=inp.gc_mask, predictor=self._step_predictor(inp), velocity=self.velocity)
+        return build_pairs(
+            self.recipe,
+            inp.x0,
+            z,
+            inp.sigma_i,
+            inp.sigma_next,
+            inp.weight,
+            gc_mask=inp.gc_mask,
+            predictor=self._step_predictor(inp),
+            velocity=self.velocity,
+        )
 
     def forward_backward(self, step: int) -> tuple[Tensor, Tensor]:
         """Loss and gradient on global batch `step` (this process's slice); returns (loss, gradient norm).

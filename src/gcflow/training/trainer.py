@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +29,8 @@ from gcflow.ema import ema_decay_from_half_life, make_ema
 from gcflow.loss import consistency_loss
 from gcflow.randomness import stream_seed
 from gcflow.sigmas import ict_num_scales
-from gcflow.training import distributed
 from gcflow.teacher.source import cd_velocity
+from gcflow.training import distributed
 from gcflow.training.builders import build_model, build_optimizer, init_from_teacher, set_memory_format
 from gcflow.training.config import Config, TrainConfig, from_dict, to_dict, validate
 from gcflow.training.data_source import build_source, check_image_data, is_toy
@@ -118,8 +119,9 @@ def train(
         # Prepare the run folder (refuses to clobber an existing run) and lock it. Every process
         # trains the config rank 0 settled on (on resume, the run folder's own).
         try:
-            opened = partial(_open_run, cfg, Path(run_dir), hold, resume, overwrite, log, same=same,
-                             extend_to=extend_to)
+            opened = partial(
+                _open_run, cfg, Path(run_dir), hold, resume, overwrite, log, same=same, extend_to=extend_to
+            )
             cfg = from_dict(world.on_main(opened))
             split_global_batch(cfg.train.batch_size, world.size)
             return _train_locked(cfg, Path(run_dir), world, resume=resume, progress=progress, log=log)
@@ -143,8 +145,15 @@ def _check_new_run(cfg: Config, run_dir: Path, world: World, *, overwrite: bool,
 
 
 def _open_run(
-    cfg: Config, run_dir: Path, hold: contextlib.ExitStack, resume: bool, overwrite: bool, log: Callable[..., None],
-    *, same: bool = False, extend_to: int | None = None,
+    cfg: Config,
+    run_dir: Path,
+    hold: contextlib.ExitStack,
+    resume: bool,
+    overwrite: bool,
+    log: Callable[..., None],
+    *,
+    same: bool = False,
+    extend_to: int | None = None,
 ) -> dict[str, Any]:
     """(Rank 0) Create or reopen the run folder, lock it, and return the config to train (as a dict).
 
@@ -261,7 +270,12 @@ def _ema_decay(cfg: Config) -> float:
 
 
 def _resume_or_start(
-    cfg: Config, run_dir: Path, world: World, parts: RunParts, resume: bool, log: Callable[..., None],
+    cfg: Config,
+    run_dir: Path,
+    world: World,
+    parts: RunParts,
+    resume: bool,
+    log: Callable[..., None],
     device: torch.device,
 ) -> tuple[int, list | None]:
     """(first step, loss window to continue) after loading the newest good checkpoint, or (0, None) for a new run."""
