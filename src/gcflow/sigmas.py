@@ -82,6 +82,19 @@ def sample_level_indices(probs: Tensor, batch: int, generator: torch.Generator |
     return torch.multinomial(probs, batch, replacement=True, generator=generator)
 
 
+def lognormal_levels(
+    batch: int,
+    p_mean: float,
+    p_std: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Continuous noise levels σ = exp(P_mean + P_std·n), n ~ N(0, 1) (EDM's and ECT's sampling); shape (batch,)."""
+    n = torch.randn(batch, generator=generator, device=device, dtype=dtype)
+    return torch.exp(p_mean + p_std * n)
+
+
 def level_weights(sigmas: Tensor) -> Tensor:
     """iCT weighting λ_i = 1 / (σ_{i+1} − σ_i), shape (n,) for a grid of shape (n+1,)."""
     return 1.0 / (sigmas[1:] - sigmas[:-1])

@@ -24,8 +24,10 @@ import torch
 from torch import Tensor
 
 from gcflow.distances import pseudo_huber
+from gcflow.pairs.ct import ct_pairs
 from gcflow.pairs.types import PairBatch
 from gcflow.shapes import per_sample
+from gcflow.sigmas import lognormal_levels
 
 ECT_P_MEAN = -1.1
 ECT_P_STD = 2.0
@@ -89,8 +91,7 @@ def ect_sample_t(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Continuous training levels t = exp(P_mean + P_std·n), n ~ N(0, 1); shape (batch,)."""
-    n = torch.randn(batch, generator=generator, device=device, dtype=dtype)
-    return torch.exp(p_mean + p_std * n)
+    return lognormal_levels(batch, p_mean, p_std, generator, device, dtype)
 
 
 def ect_stage(step: int, iterations_per_stage: int) -> int:
@@ -150,18 +151,7 @@ def ect_pairs(x0: Tensor, z: Tensor, t: Tensor, r: Tensor, is_gc: Tensor | None 
     x0 is x⋆ for IC pairs or the predictor's x̂ for GC pairs; x0, z: (B, *D); t, r: (B,) with t > r >= 0.
     Where r = 0 there is no network target: use `ect_targets`, which substitutes the endpoint.
     """
-    if is_gc is None:
-        is_gc = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
-    return PairBatch(
-        x_i=x0 + per_sample(r, x0) * z,
-        x_next=x0 + per_sample(t, x0) * z,
-        sigma_i=r,
-        sigma_next=t,
-        weight=ect_weight(t, r),
-        endpoint=x0,
-        noise=z,
-        is_gc=is_gc,
-    )
+    return ct_pairs(x0, z, r, t, ect_weight(t, r), is_gc=is_gc)  # CT pairs at the levels (r, t)
 
 
 @torch.no_grad()

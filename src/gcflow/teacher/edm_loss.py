@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from gcflow.precond import edm_scalings
 from gcflow.shapes import flatten_samples, per_sample
+from gcflow.sigmas import lognormal_levels
 
 EDM_P_MEAN = -1.2
 EDM_P_STD = 1.2
@@ -53,8 +54,7 @@ def edm_sample_sigmas(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Lognormal training levels σ = exp(P_mean + P_std·n), n ~ N(0, 1); shape (batch,)."""
-    n = torch.randn(batch, generator=generator, device=device, dtype=dtype)
-    return torch.exp(p_mean + p_std * n)
+    return lognormal_levels(batch, p_mean, p_std, generator, device, dtype)
 
 
 def edm_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
