@@ -35,6 +35,8 @@ def test_curve_numbers() -> None:
     assert ia.censor([300.0, math.inf], 500.0) == [300.0, 500.0]
     assert ia.value_at([0, 10, 20], [4.0, 2.0, 1.0], 15) == pytest.approx(1.5)
     assert ia.value_at([0, 10], [4.0, 2.0], 99) == 2.0  # clipped to the curve's end
+    assert ia.flattening_step(STEPS, [30.0, 10.9, 10.5, 10.0]) == 200  # within 10 % of the best from step 200
+    assert ia.flattening_step(STEPS, [30.0, 10.0, 12.0, 10.5]) == 400  # 12 > 11: only the last point qualifies
     assert ia.combine(["agrees", "agrees"]) == "agrees"
     assert ia.combine(["agrees", "inconclusive"]) == "partly"
     assert ia.combine(["inconclusive", "disagrees"]) == "disagrees"

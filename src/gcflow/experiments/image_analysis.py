@@ -7,7 +7,8 @@ difference counts only when it exceeds twice its standard error over the seeds.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,28 @@ def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float)
         if v is not None and v <= target:
             return float(step)
     return math.inf
+
+
+def flattening_step(steps: Sequence[int], values: Sequence[float], tol: float = 0.1) -> int:
+    """The first evaluation step from which the curve stays within (1 + tol) × its best value."""
+    best = min(v for v in values if v is not None)
+    for i, step in enumerate(steps):
+        if all(v is not None and v <= (1 + tol) * best for v in values[i:]):
+            return int(step)
+    return int(steps[-1])
+
+
+def budget_claims(records: list[dict[str, Any]], tol: float = 0.1) -> list[Claim]:
+    """Where one long IC run's FD curve flattens (a measurement, not a claim of the paper)."""
+    out = []
+    for r in records:
+        fd = r["classifier_fd"]
+        curve = ", ".join(f"{s}: {fmt(v)}" for s, v in zip(r["steps"], fd))
+        out.append(Claim(
+            f"Where the IC curve flattens (seed {r['spec'].get('seed', '?')}, {r['steps'][-1]} steps).",
+            f"classifier FD by step: {curve}; within {tol:.0%} of its best ({fmt(min(v for v in fd if v is not None))}) "
+            f"from step {flattening_step(r['steps'], fd, tol)} on; {fmt(r['cpu_seconds'])} s CPU.", "measured"))
+    return out
 
 
 def censor(values: Sequence[float], bound: float) -> list[float]:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import math
 import multiprocessing
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gcflow.files import atomic_write_text
 
@@ -153,7 +155,7 @@ def curves_record(spec: RunSpec, records: list[dict[str, Any]], cpu_seconds: flo
 
 
 def _finite(x: Any) -> Any:
-    return x if not isinstance(x, float) or x == x and abs(x) != float("inf") else None
+    return x if not isinstance(x, float) or math.isfinite(x) else None
 
 
 def warm_up(spec: RunSpec, paths: StudyPaths) -> None:

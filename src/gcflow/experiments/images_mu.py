@@ -26,7 +26,6 @@ from gcflow.experiments.image_runs import RunSpec, StudyPaths, execute
 from gcflow.experiments.options import CommonOptions, opt
 from gcflow.experiments.report import Claim, ExperimentReport
 
-
 DEFAULT_FROZEN = (0.2, 1.0)  # Fig. 4: predictors from an IC run stopped at 20 % and at 100 % of the budget
 
 
