@@ -157,3 +157,17 @@ def test_tiny_real_study_end_to_end(tmp_path: Path) -> None:
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
     again = images_mu.run(o, tmp_path)
     assert again.results["runs"] == runs and {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_fashion14_presets_and_classifier_preset() -> None:
+    from gcflow.metrics.classifier import PRESETS, preset_name
+    from gcflow.training.presets import load_preset
+
+    gc, ic, ot = (load_preset(f"fashion14-{k}") for k in ("gc", "ic", "ot"))
+    assert gc.data.name == "fashion-mnist" and gc.data.resolution == 14 and gc.method.gc_mu == 0.5
+    assert gc.network.dropout == (0.0,) and ic.network.dropout == (0.1,) and ot.method.coupling == "ot"
+    # The evaluator asks for the dataset's classifier; 14×14 images get the 14×14 network.
+    assert preset_name("fashion-mnist", 14) == "fashion-mnist@14"
+    assert PRESETS[preset_name("fashion-mnist", 14)].config.image_size == 14
+    assert preset_name("fashion-mnist", 28) == "fashion-mnist"  # existing settings and cache keys unchanged
+    assert preset_name("mnist", 14) == "mnist" and preset_name("digits", 8) == "digits"
