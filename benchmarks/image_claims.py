@@ -174,16 +174,24 @@ def main() -> int:
     by_study = plans(opts)
     command = "python benchmarks/image_claims.py " + " ".join(sys.argv[1:])
     t0 = time.time()
+    def refresh(_: str = "") -> None:
+        """Rewrite every study's report and the page from the runs cached so far (partial results)."""
+        try:
+            for name, specs in by_study.items():
+                report(name, opts[name], specs, command)
+            write_page()
+        except Exception as exc:  # noqa: BLE001 -- a report must never stop the training queue
+            print(f"image_claims: warning: report not written: {exc!r}", flush=True)
+
     if not args.report_only:
         digits = [s for k, v in by_study.items() if k != "fashion" for s in v]
         if digits:
             execute(queue(digits), images_mu._paths(next(o for k, o in opts.items() if k != "fashion"), RESULTS),
-                    workers=args.workers)
+                    workers=args.workers, on_record=refresh)
         if "fashion" in by_study:
-            execute(queue(by_study["fashion"]), images_mu._paths(opts["fashion"], RESULTS), workers=args.workers)
-    for name, specs in by_study.items():
-        report(name, opts[name], specs, command)
-    write_page()
+            execute(queue(by_study["fashion"]), images_mu._paths(opts["fashion"], RESULTS), workers=args.workers,
+                    on_record=refresh)
+    refresh()
     print(json.dumps({"seconds": round(time.time() - t0)}), flush=True)
     return 0
 

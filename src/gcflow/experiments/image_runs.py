@@ -200,10 +200,12 @@ def pending_specs(specs: list[RunSpec], paths: StudyPaths) -> list[RunSpec]:
     return [s for s in specs if s in todo]
 
 
-def execute(specs: list[RunSpec], paths: StudyPaths, workers: int = 2) -> dict[str, dict[str, Any]]:
+def execute(specs: list[RunSpec], paths: StudyPaths, workers: int = 2,
+            on_record: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Train every pending spec (`workers` at a time, dependencies first); returns every record by name.
 
     With workers = 1 the runs train in this process, one after the other (tests, debugging).
+    `on_record(name)` is called after each run finishes (e.g. to refresh a partial report).
     """
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -220,6 +222,8 @@ def execute(specs: list[RunSpec], paths: StudyPaths, workers: int = 2) -> dict[s
             todo.remove(spec)
             records[spec.name] = _announce(paths, spec, train_one(spec, paths))
             done.add(spec.name)
+            if on_record is not None:
+                on_record(spec.name)
         return records
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -236,6 +240,8 @@ def execute(specs: list[RunSpec], paths: StudyPaths, workers: int = 2) -> dict[s
                 spec = running.pop(fut)
                 records[spec.name] = _announce(paths, spec, fut.result())
                 done.add(spec.name)
+                if on_record is not None:
+                    on_record(spec.name)
     return records
 
 
