@@ -85,7 +85,8 @@ def test_run_spec_digest_and_dependencies() -> None:
     assert a.digest() != RunSpec(a.name, a.label, "digits-ic", a.overrides, 0).digest()  # the preset's content counts
     assert a.digest() != RunSpec(a.name, a.label, a.preset, a.overrides, 1).digest()
     paths = StudyPaths(Path("/c"), Path("/w"))
-    assert image_runs.resolve_overrides(a, paths) == ["method.gc_checkpoint=/w/ic-seed0/checkpoints/ckpt-00000200.safetensors"]
+    expected = "method.gc_checkpoint=/w/ic-seed0/checkpoints/ckpt-00000200.safetensors"
+    assert image_runs.resolve_overrides(a, paths) == [expected]
 
 
 def _fake_train(calls: list[str], stop_at: str | None = None):

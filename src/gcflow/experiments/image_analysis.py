@@ -50,7 +50,8 @@ def budget_claims(records: list[dict[str, Any]], tol: float = 0.1) -> list[Claim
         curve = ", ".join(f"{s}: {fmt(v)}" for s, v in zip(r["steps"], fd))
         out.append(Claim(
             f"Where the IC curve flattens (seed {r['spec'].get('seed', '?')}, {r['steps'][-1]} steps).",
-            f"classifier FD by step: {curve}; within {tol:.0%} of its best ({fmt(min(v for v in fd if v is not None))}) "
+            f"classifier FD by step: {curve}; within {tol:.0%} of its best "
+            f"({fmt(min(v for v in fd if v is not None))}) "
             f"from step {flattening_step(r['steps'], fd, tol)} on; {fmt(r['cpu_seconds'])} s CPU.", "measured"))
     return out
 
@@ -77,7 +78,9 @@ def combine(verdicts: Sequence[str]) -> str:
     return "partly" if "agrees" in verdicts else "inconclusive" if "disagrees" not in verdicts else "disagrees"
 
 
-def summarise(records: list[dict[str, Any]], target: float, cpu_budget: float, metric: str = "classifier_fd") -> dict[str, Any]:
+def summarise(
+    records: list[dict[str, Any]], target: float, cpu_budget: float, metric: str = "classifier_fd"
+) -> dict[str, Any]:
     """Per-seed numbers of one method (records: one per seed, same budget and evaluation steps).
 
     target: the FD to reach (IC's final mean); cpu_budget: CPU seconds at which methods are compared
@@ -177,7 +180,8 @@ def mu_claims(s: dict[str, dict[str, Any]]) -> list[Claim]:
                             + f"; verdict μ = 1 vs IC; {r}.", verdict))
         claims.append(Claim(
             "…and then degrades (its FD rises from its best value more than IC's does).",
-            f"final FD minus the best FD after step {early}: GC μ=1 {pm(s['GC μ=1'], 'rise')}, IC {pm(s['IC'], 'rise')}; {r}.",
+            f"final FD minus the best FD after step {early}: GC μ=1 {pm(s['GC μ=1'], 'rise')}, "
+            f"IC {pm(s['IC'], 'rise')}; {r}.",
             lower_verdict(s["IC"]["per_seed"]["rise"], s["GC μ=1"]["per_seed"]["rise"])))
     return claims
 
@@ -198,7 +202,7 @@ def ablation_claims(s: dict[str, dict[str, Any]], mu: float) -> list[Claim]:
     if len(frozen) >= 2:
         lo, hi = sorted(frozen, key=lambda k: float(k.split()[-1].rstrip("%")))[:: len(frozen) - 1]
         text, verdict = _vs(s, [hi], lo, "final")
-        claims.append(Claim("The frozen predictor's quality matters: the better-trained predictor gives the better model.",
+        claims.append(Claim("The frozen predictor's quality matters: the better-trained one gives the better model.",
                             f"final FD: {text}; {r}.", verdict))
     drop = [k for k in s if k.startswith(f"{gc} dropout")]
     if gc in s and drop:
@@ -210,10 +214,12 @@ def ablation_claims(s: dict[str, dict[str, Any]], mu: float) -> list[Claim]:
 
 def table(s: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per method with the study's headline numbers (mean ± std over seeds)."""
-    lines = ["| method | final classifier FD | final pixel SW | steps to IC's final FD | FD at IC's CPU time | CPU s / 1000 steps |",
+    lines = [("| method | final classifier FD | final pixel SW | steps to IC's final FD | FD at IC's CPU time "
+              "| CPU s / 1000 steps |"),
              "|---|---|---|---|---|---|"]
     for k, v in s.items():
-        reach = pm(v, "steps_to_target") + (f" ({v['reached']}/{v['seeds']} reached)" if v["reached"] < v["seeds"] else "")
+        missed = v["reached"] < v["seeds"]
+        reach = pm(v, "steps_to_target") + (f" ({v['reached']}/{v['seeds']} reached)" if missed else "")
         lines.append(f"| {k} | {pm(v, 'final')} | {pm(v, 'final_pixel_sw')} | {reach} | {pm(v, 'at_cpu_budget')} | "
                      f"{fmt(v['cpu_per_kstep'])} |")
     return lines

@@ -143,7 +143,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def curves_record(spec: RunSpec, records: list[dict[str, Any]], cpu_seconds: float, wall_seconds: float) -> dict[str, Any]:
+def curves_record(
+    spec: RunSpec, records: list[dict[str, Any]], cpu_seconds: float, wall_seconds: float
+) -> dict[str, Any]:
     """The JSON record of a run: its spec, the metric at every evaluation, the floors and its time."""
     curves = {k: [_finite(r.get(k)) for r in records] for k in CURVE_KEYS}
     floors = {k: records[-1].get(k) for k in FLOOR_KEYS if records and k in records[-1]}

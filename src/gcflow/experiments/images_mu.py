@@ -53,7 +53,7 @@ class AblationOptions(ImagesOptions):
     mus: tuple[float, ...] = opt((0.0,), "not used by the ablations except 0 (the IC reference runs)")
     ot: bool = opt(False, "also train minibatch OT")
     ablation_mu: float = opt(0.5, "μ of the EMA / online / dropout comparison")
-    frozen_fractions: tuple[float, ...] = opt(DEFAULT_FROZEN, "fractions of the budget at which the frozen IC predictors stop")
+    frozen_fractions: tuple[float, ...] = opt(DEFAULT_FROZEN, "budget fractions at which the frozen IC predictors stop")
     dropout: float = opt(-1.0, "dropout of the 'with dropout' GC runs (-1: the IC preset's)")
 
 
@@ -66,7 +66,7 @@ class FashionOptions(ImagesOptions):
 
 
 def _common(o: ImagesOptions) -> tuple[str, ...]:
-    """Overrides shared by every run of a study: data, budget, evaluation, one thread, checkpoints at each evaluation."""
+    """Overrides shared by every run of a study: data, budget, evaluation, threads, a checkpoint per evaluation."""
     if o.steps % o.eval_every:
         raise ValueError(f"steps={o.steps} must be a multiple of eval_every={o.eval_every}")
     out = [f"train.steps={o.steps}", f"train.eval_every={o.eval_every}", f"train.checkpoint_every={o.eval_every}",
@@ -153,8 +153,9 @@ def draw_curves(by_label: dict[str, list[dict[str, Any]]], path: Path, title: st
     for label, recs in by_label.items():
         steps = recs[0]["steps"]
         per_step = float(np.mean([r["cpu_seconds"] / max(r["steps"][-1], 1) for r in recs]))
-        for ax, key, xs in ((axes[0], "classifier_fd", steps), (axes[1], "classifier_fd", [s * per_step for s in steps]),
-                            (axes[2], "pixel_sliced_w2", steps)):
+        panels = ((axes[0], "classifier_fd", steps), (axes[1], "classifier_fd", [s * per_step for s in steps]),
+                  (axes[2], "pixel_sliced_w2", steps))
+        for ax, key, xs in panels:
             ys = np.array([[np.nan if v is None else v for v in r[key]] for r in recs], dtype=float)
             mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
             figures.line(ax, xs, mean.tolist(), label)
@@ -178,8 +179,9 @@ def _report(title: str, o: ImagesOptions, by_label: dict[str, list[dict[str, Any
     return ExperimentReport(
         title=title,
         summary=(f"Every run is `gcflow train --preset {o.preset}-<ic|gc|ot>` for {o.steps} steps with seeds "
-                 f"{', '.join(map(str, o.seeds))}, evaluated every {o.eval_every} steps (classifier FD and pixel sliced W2 "
-                 f"of one-step samples). Held-out split: classifier FD {floors.get('classifier_fd_noise_floor')}, "
+                 f"{', '.join(map(str, o.seeds))}, evaluated every {o.eval_every} steps (classifier FD and pixel "
+                 f"sliced W2 of one-step samples). Held-out split: classifier FD "
+                 f"{floors.get('classifier_fd_noise_floor')}, "
                  f"pixel SW {floors.get('pixel_sliced_w2_noise_floor')}; classifier test accuracy "
                  f"{floors.get('classifier_test_accuracy')}."),
         claims=claims,
@@ -209,5 +211,8 @@ def run_ablations(options: AblationOptions, out: Path) -> ExperimentReport:
 
 
 def run_fashion(options: FashionOptions, out: Path) -> ExperimentReport:
-    """images-fashion: images-mu with the Fashion-MNIST defaults (without root=DIR the trainer names the missing files)."""
+    """images-fashion: images-mu with the Fashion-MNIST defaults.
+
+    Without root=DIR the trainer's data error names the missing files.
+    """
     return run(options, out)
