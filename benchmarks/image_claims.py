@@ -149,6 +149,22 @@ training split) and the pixel sliced W2, each with the held-out split's value as
 compares per-seed values: *agrees* / *disagrees* when the difference of the means exceeds twice its
 standard error over the seeds, else *inconclusive* ("no difference at this scale"); *partly* when a
 claim tested at several μ holds at some of them. Final values are the mean of the last two evaluations.
+
+Running, resuming, reusing:
+
+* All studies: `python benchmarks/image_claims.py --fashion-root DIR` (two runs at once, one thread each;
+  `--studies mu` for one study, `--report-only` to rewrite the reports from the runs cached so far).
+  After an interruption run the same command: cached runs are skipped, a run cut off mid-way restarts.
+* One study as an experiment: `gcflow experiment images-mu` (and `images-ablations`, `images-fashion
+  root=DIR`), writing `results.json`, `report.md` and `curves.png` into `--out`.
+* Your data and a GPU: any preset family works, e.g. `gcflow experiment images-mu preset=mnist
+  root=DIR device=cuda steps=20000 eval_every=1000 workers=1` (the family needs `-ic`, `-gc`, `-ot`
+  presets; `data=`, `resolution=` and `extra=group.field=value,...` override them).
+* Budgets: the 3 000-step digits presets stop while IC is still improving (classifier FD 139 → 52 → 34
+  at steps 1 000 / 2 000 / 3 000), so the digits studies train 5 000 steps (the 18-run μ study is
+  ~64 min of two cores at the measured 0.085 CPU s/step); the *budget* study below trains IC for
+  10 000 steps to show where its curve flattens. Fashion-MNIST 14×14 costs 0.20 CPU s/step; its
+  9-run study trains 4 000 steps (~60 min). The curriculum (N up to s1 = 160) scales with the budget.
 """
 
 
