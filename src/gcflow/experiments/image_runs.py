@@ -116,6 +116,7 @@ def resolve_overrides(spec: RunSpec, paths: StudyPaths) -> list[str]:
 
 def train_one(spec: RunSpec, paths: StudyPaths) -> dict[str, Any]:
     """Train `spec` from scratch into its run folder and write its JSON record; returns the record."""
+    from gcflow.experiments.common import run_metrics
     from gcflow.training.checkpoint import list_checkpoints
     from gcflow.training.config import apply_overrides
     from gcflow.training.presets import load_preset
@@ -131,16 +132,12 @@ def train_one(spec: RunSpec, paths: StudyPaths) -> dict[str, Any]:
     for ckpt in list_checkpoints(run_dir / "checkpoints"):  # keep only what later runs load
         if int(ckpt.stem.split("-")[1]) not in spec.keep_steps:
             ckpt.unlink(missing_ok=True)
-    record = curves_record(spec, _read_jsonl(run_dir / "metrics.jsonl"), cpu, wall)
+    record = curves_record(spec, run_metrics(run_dir), cpu, wall)  # evaluation records only
     record["final_step"] = result.summary.get("step")
     text = json.dumps(record, indent=1, allow_nan=False)
     paths.cache.mkdir(parents=True, exist_ok=True)
     atomic_write_text(paths.json_path(spec), text + "\n")
     return json.loads(text)  # exactly what a later run of the study reads back from the cache
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def curves_record(
