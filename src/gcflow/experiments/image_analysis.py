@@ -124,8 +124,9 @@ def summarise_all(by_label: dict[str, list[dict[str, Any]]], reference: str = "I
 
 
 def pm(s: dict[str, Any], key: str) -> str:
-    """'mean ± std' of a summarised quantity."""
-    return f"{fmt(s[key])} ± {fmt(s[key + '_std'])}" if s["seeds"] > 1 else fmt(s[key])
+    """'mean ± std' of a summarised quantity (step counts as whole numbers)."""
+    show = (lambda x: f"{x:.0f}") if key == "steps_to_target" else fmt  # noqa: E731
+    return f"{show(s[key])} ± {show(s[key + '_std'])}" if s["seeds"] > 1 else show(s[key])
 
 
 def rule(seeds: int) -> str:
