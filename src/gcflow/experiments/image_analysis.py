@@ -125,7 +125,7 @@ def summarise_all(by_label: dict[str, list[dict[str, Any]]], reference: str = "I
 
 def pm(s: dict[str, Any], key: str) -> str:
     """'mean ± std' of a summarised quantity (step counts as whole numbers)."""
-    show = (lambda x: f"{x:.0f}") if key == "steps_to_target" else fmt  # noqa: E731
+    show = (lambda x: f"{x:.0f}") if key == "steps_to_target" else fmt
     return f"{show(s[key])} ± {show(s[key + '_std'])}" if s["seeds"] > 1 else show(s[key])
 
 
