@@ -35,8 +35,12 @@ def test_curve_numbers() -> None:
     assert ia.censor([300.0, math.inf], 500.0) == [300.0, 500.0]
     assert ia.value_at([0, 10, 20], [4.0, 2.0, 1.0], 15) == pytest.approx(1.5)
     assert ia.value_at([0, 10], [4.0, 2.0], 99) == 2.0  # clipped to the curve's end
-    assert ia.flattening_step(STEPS, [30.0, 10.9, 10.5, 10.0]) == 200  # within 10 % of the best from step 200
-    assert ia.flattening_step(STEPS, [30.0, 10.0, 12.0, 10.5]) == 400  # 12 > 11: only the last point qualifies
+    assert ia.smooth([3.0, 6.0, 9.0, None]) == [4.5, 6.0, 7.5, 9.0]
+    steps = [100 * k for k in range(1, 8)]
+    # Smoothed: 60, 44, 20.7, 11, 10, 10.2, 9.75 -> within 10 % of 9.75 from step 500 on. Unsmoothed, the
+    # single low evaluation (9) would push it to the last step (10.5 > 1.1 * 9).
+    assert ia.flattening_step(steps, [80.0, 40.0, 12.0, 10.0, 11.0, 9.0, 10.5]) == 500
+    assert ia.flattening_step(steps, [80.0, 40.0, 30.0, 20.0, 15.0, 12.0, 10.0]) == 700  # still falling
     assert ia.combine(["agrees", "agrees"]) == "agrees"
     assert ia.combine(["agrees", "inconclusive"]) == "partly"
     assert ia.combine(["inconclusive", "disagrees"]) == "disagrees"
