@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 from typing import Callable
 
-from gcflow.experiments import convergence, discrepancy, exact_map, modes, theorem1, transport
+from gcflow.experiments import convergence, discrepancy, exact_map, images_mu, modes, theorem1, transport
 from gcflow.experiments.report import ExperimentReport
 
 RunFn = Callable[..., ExperimentReport]
@@ -22,6 +22,18 @@ EXPERIMENTS: dict[str, tuple[str, RunFn]] = {
     "transport": ("transport cost of IC, minibatch OT (b = 128, 512, 2048) and the GC curve c(σ), in 2-D and on 64-D digits", transport.run),
     "convergence": ("W2 and error to f⋆ against training step for IC, OT, GC and oracle CD (CD)", convergence.run),
     "modes": ("mode coverage on grid25 for μ ∈ {0, 0.3, 0.5, 0.7, 1} and the shift between GC and IC marginals", modes.run),
+    "images-mu": (
+        "real images: IC vs GC at μ ∈ {0.3, 0.5, 0.7, 1} vs minibatch OT, FD against step and CPU time, seeds",
+        images_mu.run,
+    ),
+    "images-ablations": (
+        "real images: EMA vs online predictor, frozen IC predictors (μ = 1), dropout under GC",
+        images_mu.run_ablations,
+    ),
+    "images-fashion": (
+        "Fashion-MNIST 14×14: IC vs GC (μ = 0.5) vs minibatch OT over seeds (needs root=DIR)",
+        images_mu.run_fashion,
+    ),
 }
 
 

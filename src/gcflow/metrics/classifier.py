@@ -83,6 +83,18 @@ PRESETS: dict[str, ClassifierPreset] = {
     "mnist": ClassifierPreset(_GRAY_28, epochs=3, batch_size=128),
     "fashion-mnist": ClassifierPreset(_GRAY_28, epochs=5, batch_size=128),
 }
+# Other resolutions of a dataset: "<dataset>@<side>", chosen by `preset_name` from the images' side.
+_GRAY_14 = ClassifierConfig(image_size=14, widths=(16, 32, 64), feature_dim=128)
+PRESETS["fashion-mnist@14"] = ClassifierPreset(_GRAY_14, epochs=5, batch_size=128)
+
+
+def preset_name(dataset: str, image_size: int) -> str:
+    """The PRESETS key for `dataset` at `image_size`: "<dataset>@<size>" when there is one and the
+    dataset's own preset has another size (e.g. fashion-mnist at 14×14), else `dataset` itself."""
+    sized = f"{dataset}@{image_size}"
+    if dataset in PRESETS and PRESETS[dataset].config.image_size != image_size and sized in PRESETS:
+        return sized
+    return dataset
 
 
 def preset(dataset: str) -> ClassifierPreset:
@@ -410,6 +422,7 @@ def load_or_train_classifier(
     `training_settings`). The metadata gains "cache_key", "training", "data_sha256" and "torch".
     """
     splits = load_splits()
+    dataset = preset_name(dataset, int(splits[0].shape[-1]))  # e.g. fashion-mnist@14 for 14×14 images
     settings = training_settings(dataset, seed, **train_kwargs)
     data_sha256 = data_fingerprint(*splits)
     key = cache_key(dataset, settings, data_sha256)

@@ -1,0 +1,178 @@
+"""Issue 15's image studies: verdicts from per-seed curves, run caching and resuming, and a tiny real study."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from gcflow.experiments import image_analysis as ia
+from gcflow.experiments import image_runs, images_mu
+from gcflow.experiments.image_runs import RunSpec, StudyPaths, execute, pending_specs
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+STEPS = [100, 200, 300, 400]
+
+
+def record(fd: list[float], cpu: float = 40.0, name: str = "r", sw: float = 0.1) -> dict:
+    """A run record as image_runs writes it, with a given FD curve at STEPS."""
+    return {"spec": {"name": name}, "steps": list(STEPS), "classifier_fd": fd, "pixel_sliced_w2": [sw] * len(fd),
+            "cpu_seconds": cpu, "floors": {"classifier_fd_noise_floor": 5.0}}
+
+
+def seeds(base: list[float], shift: float = 0.0, cpu: float = 40.0) -> list[dict]:
+    """Three seeds of one method: the curve `base` + shift, with a small seed-to-seed wobble."""
+    return [record([v + shift + 0.1 * k for v in base], cpu) for k in (-1, 0, 1)]
+
+
+def test_curve_numbers() -> None:
+    assert ia.final_value([9, 8, 4, 6]) == 5.0  # mean of the last two evaluations
+    assert ia.steps_to_reach(STEPS, [9, 7, 5, 4], 5.0) == 300
+    assert math.isinf(ia.steps_to_reach(STEPS, [9, 7, 6, 6], 5.0))
+    assert ia.censor([300.0, math.inf], 500.0) == [300.0, 500.0]
+    assert ia.value_at([0, 10, 20], [4.0, 2.0, 1.0], 15) == pytest.approx(1.5)
+    assert ia.value_at([0, 10], [4.0, 2.0], 99) == 2.0  # clipped to the curve's end
+    assert ia.smooth([3.0, 6.0, 9.0, None]) == [4.5, 6.0, 7.5, 9.0]
+    steps = [100 * k for k in range(1, 8)]
+    # Smoothed: 60, 44, 20.7, 11, 10, 10.2, 9.75 -> within 10 % of 9.75 from step 500 on. Unsmoothed, the
+    # single low evaluation (9) would push it to the last step (10.5 > 1.1 * 9).
+    assert ia.flattening_step(steps, [80.0, 40.0, 12.0, 10.0, 11.0, 9.0, 10.5]) == 500
+    assert ia.flattening_step(steps, [80.0, 40.0, 30.0, 20.0, 15.0, 12.0, 10.0]) == 700  # still falling
+    assert ia.combine(["agrees", "agrees"]) == "agrees"
+    assert ia.combine(["agrees", "inconclusive"]) == "partly"
+    assert ia.combine(["inconclusive", "disagrees"]) == "disagrees"
+
+
+def test_mu_verdicts_follow_the_seed_noise() -> None:
+    ic = [20.0, 12.0, 10.0, 10.0]
+    s = ia.summarise_all({
+        "IC": seeds(ic),
+        "GC μ=0.5": seeds([14.0, 9.0, 8.0, 8.0], cpu=50.0),  # faster and better, but 25 % more CPU per step
+        "GC μ=0.3": seeds(ic, shift=0.05),  # the same as IC within the seed noise
+        "OT": seeds(ic, shift=3.0),  # worse
+        "GC μ=1": [record([10.0, 9.0, 12.0, 14.0])] * 2 + [record([10.2, 9.2, 12.0, 14.2])],  # fast, then degrades
+    })
+    gc = s["GC μ=0.5"]
+    assert gc["target"] == pytest.approx(10.0) and gc["steps_to_target"] == 200
+    # IC's own seeds straddle their mean: the one ending at 10.1 never reaches 10.0 (censored at 500).
+    assert s["IC"]["per_seed"]["steps_to_target"] == [300, 300, 500] and s["IC"]["reached"] == 2
+    assert s["OT"]["reached"] == 0 and s["OT"]["steps_to_target"] == 500  # censored at budget + one evaluation
+    # Equal compute: GC's 40 s of CPU buy it 320 steps; interpolated between 8 (step 300) and 8 (step 400).
+    assert gc["at_cpu_budget"] == pytest.approx(8.0)
+    verdicts = {c.claim: c.verdict for c in ia.mu_claims(s)}
+    assert verdicts["GC with 0.3 ≤ μ ≤ 0.7 ends with better samples than IC (lower final FD)."] == "partly"
+    assert verdicts["Minibatch OT improves on IC (paper Table 1)."] == "disagrees"
+    assert verdicts[f"μ = 1 is fastest early (lowest FD at step {s['IC']['early_step']})."] == "agrees"
+    assert verdicts["…and then degrades (its FD rises from its best value more than IC's does)."] == "agrees"
+    table = ia.table(s)
+    assert len(table) == 2 + len(s) and "(0/3 reached)" in table[[k for k in s].index("OT") + 2]
+
+
+def test_ablation_verdicts() -> None:
+    ic = [20.0, 12.0, 10.0, 10.0]
+    s = ia.summarise_all({
+        "IC": seeds(ic), "GC μ=0.5": seeds(ic, shift=-2.0), "GC μ=0.5 online": seeds(ic, shift=-2.02),
+        "GC μ=0.5 dropout 0.1": seeds(ic, shift=1.0),
+        "frozen IC 20%": seeds([9.0, 9.0, 9.0, 9.0]), "frozen IC 100%": seeds([8.0, 7.0, 7.0, 7.0]),
+    })
+    verdicts = [c.verdict for c in ia.ablation_claims(s, 0.5)]
+    assert verdicts == ["inconclusive", "agrees", "agrees", "agrees"]
+
+
+def test_run_spec_digest_and_dependencies() -> None:
+    a = RunSpec("gc1-frozen-seed0", "frozen", "digits-gc", ("method.gc_checkpoint=@ic-seed0:200",), 0)
+    assert a.needs() == [("ic-seed0", 200)]
+    assert a.digest() != RunSpec(a.name, a.label, "digits-gc", ("train.steps=5",), 0).digest()
+    assert a.digest() != RunSpec(a.name, a.label, "digits-ic", a.overrides, 0).digest()  # the preset's content counts
+    assert a.digest() != RunSpec(a.name, a.label, a.preset, a.overrides, 1).digest()
+    paths = StudyPaths(Path("/c"), Path("/w"))
+    expected = "method.gc_checkpoint=/w/ic-seed0/checkpoints/ckpt-00000200.safetensors"
+    assert image_runs.resolve_overrides(a, paths) == [expected]
+
+
+def _fake_train(calls: list[str], stop_at: str | None = None):
+    """A stand-in for image_runs.train_one: writes a record (and the checkpoints it keeps) without training."""
+
+    def train_one(spec: RunSpec, paths: StudyPaths) -> dict:
+        if spec.name == stop_at:
+            raise KeyboardInterrupt
+        calls.append(spec.name)
+        for step in spec.keep_steps:
+            ckpt = paths.checkpoint(spec.name, step)
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.write_bytes(b"x")
+        rec = {**record([10.0, 9.0, 8.0, 8.0], name=spec.name), "spec": {"name": spec.name}}
+        paths.cache.mkdir(parents=True, exist_ok=True)
+        paths.json_path(spec).write_text(json.dumps(rec))
+        return rec
+
+    return train_one
+
+
+def test_interrupted_study_resumes_from_its_cached_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    o = images_mu.AblationOptions(steps=400, eval_every=100, seeds=(0,), workers=1)
+    specs = images_mu.plan_ablations(o)
+    assert [s.name for s in specs] == ["ic-seed0", "gc0.5-seed0", "gc0.5-online-seed0", "gc0.5-dropout0.1-seed0",
+                                       "gc1-frozen100-seed0", "gc1-frozen400-seed0"]
+    assert "network.dropout=0.1" in specs[3].overrides and specs[0].keep_steps == (100, 400)
+    paths = StudyPaths(tmp_path / "cache", tmp_path / "work")
+    monkeypatch.setattr(image_runs, "warm_up", lambda spec, paths: None)
+    calls: list[str] = []
+    monkeypatch.setattr(image_runs, "train_one", _fake_train(calls, stop_at="gc0.5-online-seed0"))
+    with pytest.raises(KeyboardInterrupt):
+        execute(specs, paths, workers=1)
+    assert calls == ["ic-seed0", "gc0.5-seed0"]
+    calls.clear()
+    monkeypatch.setattr(image_runs, "train_one", _fake_train(calls))
+    records = execute(specs, paths, workers=1)
+    assert calls == ["gc0.5-online-seed0", "gc0.5-dropout0.1-seed0", "gc1-frozen100-seed0", "gc1-frozen400-seed0"]
+    assert set(records) == {s.name for s in specs}
+    # A fresh clone has the JSON but not the run folders: only the IC run whose checkpoints the frozen
+    # runs load is retrained, and only if a frozen run is still to train.
+    (tmp_path / "work" / "ic-seed0" / "checkpoints" / "ckpt-00000100.safetensors").unlink()
+    assert pending_specs(specs, paths) == []
+    paths.json_path(specs[4]).unlink()
+    assert [s.name for s in pending_specs(specs, paths)] == ["ic-seed0", "gc1-frozen100-seed0"]
+    # Another budget is another run: nothing cached applies.
+    other = images_mu.plan_ablations(images_mu.AblationOptions(steps=800, eval_every=100, seeds=(0,)))
+    assert len(pending_specs(other, paths)) == len(other)
+
+
+def test_budget_must_be_a_multiple_of_the_evaluation_period() -> None:
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        images_mu.plan_mu(images_mu.ImagesOptions(steps=450, eval_every=100))
+
+
+@pytest.mark.slow
+def test_tiny_real_study_end_to_end(tmp_path: Path) -> None:
+    """Real training (digits, 4 steps per run): records, report, and no retraining on a second call."""
+    o = images_mu.ImagesOptions(steps=4, eval_every=2, seeds=(0, 1), mus=(0.0, 0.5), ot=False, workers=1,
+                                eval_samples=32)
+    rep = images_mu.run(o, tmp_path)
+    runs = rep.results["runs"]
+    assert set(runs) == {"ic-seed0", "ic-seed1", "gc0.5-seed0", "gc0.5-seed1"}
+    assert all(r["steps"] == [2, 4] and len(r["classifier_fd"]) == 2 and r["cpu_seconds"] > 0 for r in runs.values())
+    assert runs["ic-seed0"]["classifier_fd"] != runs["ic-seed1"]["classifier_fd"]  # seeds differ
+    assert (tmp_path / "curves.png").stat().st_size > 1000 and rep.claims
+    assert sorted(p.name for p in (tmp_path / "runs" / "ic-seed0" / "checkpoints").iterdir()) == [
+        "ckpt-00000002.safetensors", "ckpt-00000004.safetensors"]  # kept for frozen predictors (20 % and 100 %)
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
+    again = images_mu.run(o, tmp_path)
+    assert again.results["runs"] == runs and {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_fashion14_presets_and_classifier_preset() -> None:
+    from gcflow.metrics.classifier import PRESETS, preset_name
+    from gcflow.training.presets import load_preset
+
+    gc, ic, ot = (load_preset(f"fashion14-{k}") for k in ("gc", "ic", "ot"))
+    assert gc.data.name == "fashion-mnist" and gc.data.resolution == 14 and gc.method.gc_mu == 0.5
+    assert gc.network.dropout == (0.0,) and ic.network.dropout == (0.1,) and ot.method.coupling == "ot"
+    # The evaluator asks for the dataset's classifier; 14×14 images get the 14×14 network.
+    assert preset_name("fashion-mnist", 14) == "fashion-mnist@14"
+    assert PRESETS[preset_name("fashion-mnist", 14)].config.image_size == 14
+    assert preset_name("fashion-mnist", 28) == "fashion-mnist"  # existing settings and cache keys unchanged
+    assert preset_name("mnist", 14) == "mnist" and preset_name("digits", 8) == "digits"
