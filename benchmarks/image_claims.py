@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from gcflow.experiments import image_analysis, images_mu
-from gcflow.experiments.image_runs import RunSpec, StudyPaths, execute, load_cached
-from gcflow.experiments.options import as_dict
-from gcflow.experiments.report import ExperimentReport, claims_table, jsonable, write_report
+from gcflow.experiments import image_analysis, images_mu  # noqa: E402
+from gcflow.experiments.image_runs import RunSpec, StudyPaths, execute, load_cached  # noqa: E402
+from gcflow.experiments.options import as_dict  # noqa: E402
+from gcflow.experiments.report import ExperimentReport, claims_table, jsonable, write_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "image_claims"
 FIGURES = ROOT / "docs" / "figures" / "image_claims"
@@ -47,8 +47,12 @@ FASHION_STEPS = 4000
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--studies", nargs="+", default=["budget", "mu", "ablations", "fashion"],
-                   choices=["budget", "mu", "ablations", "fashion"])
+    p.add_argument(
+        "--studies",
+        nargs="+",
+        default=["budget", "mu", "ablations", "fashion"],
+        choices=["budget", "mu", "ablations", "fashion"],
+    )
     p.add_argument("--workers", type=int, default=2, help="runs at once, one process and one thread each")
     p.add_argument("--steps", type=int, default=DIGITS_STEPS, help="digits study budget")
     p.add_argument("--budget-steps", type=int, default=10000, help="length of the long digits-ic run")
@@ -56,8 +60,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fashion-root", default="", help="folder with Fashion-MNIST's idx files")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--report-only", action="store_true", help="write the reports from the cached runs; train nothing")
-    p.add_argument("--out", type=Path, default=None,
-                   help="put results, run folders, figures and the page under this folder instead (trials)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="put results, run folders, figures and the page under this folder instead (trials)",
+    )
     p.add_argument("--eval-every", type=int, default=250, help="evaluation period of the studies (not budget)")
     p.add_argument("--eval-samples", type=int, default=1000)
     args = p.parse_args()
@@ -70,17 +78,29 @@ def parse() -> argparse.Namespace:
 
 def options(args: argparse.Namespace) -> dict[str, images_mu.ImagesOptions]:
     """The options of each requested study (caches: one folder per dataset, shared by its studies)."""
-    digits = {"cache": str(RESULTS / "digits"), "work": str(WORK / "digits"), "workers": args.workers,
-              "seeds": tuple(args.seeds), "eval_samples": args.eval_samples}
+    digits = {
+        "cache": str(RESULTS / "digits"),
+        "work": str(WORK / "digits"),
+        "workers": args.workers,
+        "seeds": tuple(args.seeds),
+        "eval_samples": args.eval_samples,
+    }
     out: dict[str, images_mu.ImagesOptions] = {
-        "budget": images_mu.ImagesOptions(**digits, steps=args.budget_steps, eval_every=min(500, args.budget_steps),
-                                          mus=(0.0,), ot=False),
+        "budget": images_mu.ImagesOptions(
+            **digits, steps=args.budget_steps, eval_every=min(500, args.budget_steps), mus=(0.0,), ot=False
+        ),
         "mu": images_mu.ImagesOptions(**digits, steps=args.steps, eval_every=args.eval_every),
         "ablations": images_mu.AblationOptions(**digits, steps=args.steps, eval_every=args.eval_every),
-        "fashion": images_mu.FashionOptions(cache=str(RESULTS / "fashion14"), work=str(WORK / "fashion14"),
-                                            workers=args.workers, seeds=tuple(args.seeds), steps=args.fashion_steps,
-                                            root=args.fashion_root, eval_every=args.eval_every,
-                                            eval_samples=args.eval_samples),
+        "fashion": images_mu.FashionOptions(
+            cache=str(RESULTS / "fashion14"),
+            work=str(WORK / "fashion14"),
+            workers=args.workers,
+            seeds=tuple(args.seeds),
+            steps=args.fashion_steps,
+            root=args.fashion_root,
+            eval_every=args.eval_every,
+            eval_samples=args.eval_samples,
+        ),
     }
     out["budget"].seeds = (0,)
     return {k: v for k, v in out.items() if k in args.studies}
@@ -93,8 +113,11 @@ def plans(opts: dict[str, images_mu.ImagesOptions]) -> dict[str, list[RunSpec]]:
             out[name] = images_mu.plan_ablations(o)  # type: ignore[arg-type]
         else:
             specs = images_mu.plan_mu(o)
-            out[name] = [RunSpec(s.name.replace("ic-", "ic-long-"), "IC long", s.preset, s.overrides, s.seed)
-                         for s in specs] if name == "budget" else specs
+            out[name] = (
+                [RunSpec(s.name.replace("ic-", "ic-long-"), "IC long", s.preset, s.overrides, s.seed) for s in specs]
+                if name == "budget"
+                else specs
+            )
     return out
 
 
@@ -105,7 +128,7 @@ def queue(specs: list[RunSpec]) -> list[RunSpec]:
         if s.name in seen and seen[s.name] != s:
             raise ValueError(f"two studies define run {s.name} differently")
         seen.setdefault(s.name, s)
-    return sorted(seen.values(), key=lambda s: (s.seed if "long" not in s.name else -1))
+    return sorted(seen.values(), key=lambda s: s.seed if "long" not in s.name else -1)
 
 
 def report(name: str, o: images_mu.ImagesOptions, specs: list[RunSpec], command: str) -> None:
@@ -171,8 +194,12 @@ Running, resuming, reusing:
 def write_page() -> None:
     """docs/image_claims.md from every study report written so far."""
     lines = [INTRO]
-    for name, title in (("budget", "Where the IC curve flattens (digits)"), ("mu", "μ sweep on 8×8 digits"),
-                        ("ablations", "Ablations on 8×8 digits"), ("fashion", "Fashion-MNIST 14×14")):
+    for name, title in (
+        ("budget", "Where the IC curve flattens (digits)"),
+        ("mu", "μ sweep on 8×8 digits"),
+        ("ablations", "Ablations on 8×8 digits"),
+        ("fashion", "Fashion-MNIST 14×14"),
+    ):
         path = RESULTS / name / "results.json"
         if not path.is_file():
             continue
@@ -193,6 +220,7 @@ def main() -> int:
     by_study = plans(opts)
     command = "python benchmarks/image_claims.py " + " ".join(sys.argv[1:])
     t0 = time.time()
+
     def refresh(_: str = "") -> None:
         """Rewrite every study's report and the page from the runs cached so far (partial results)."""
         try:
@@ -205,11 +233,19 @@ def main() -> int:
     if not args.report_only:
         digits = [s for k, v in by_study.items() if k != "fashion" for s in v]
         if digits:
-            execute(queue(digits), images_mu._paths(next(o for k, o in opts.items() if k != "fashion"), RESULTS),
-                    workers=args.workers, on_record=refresh)
+            execute(
+                queue(digits),
+                images_mu._paths(next(o for k, o in opts.items() if k != "fashion"), RESULTS),
+                workers=args.workers,
+                on_record=refresh,
+            )
         if "fashion" in by_study:
-            execute(queue(by_study["fashion"]), images_mu._paths(opts["fashion"], RESULTS), workers=args.workers,
-                    on_record=refresh)
+            execute(
+                queue(by_study["fashion"]),
+                images_mu._paths(opts["fashion"], RESULTS),
+                workers=args.workers,
+                on_record=refresh,
+            )
     refresh()
     print(json.dumps({"seconds": round(time.time() - t0)}), flush=True)
     return 0

@@ -59,6 +59,9 @@ TINY: dict[str, list[str]] = {
         "sigmas=0.5,5",
     ],
     "modes": ["mus=0,1", "steps=20", "eval_every=10", "batch_size=32", "samples=100", "shift_sigmas=0.5", "shift_n=64"],
+    "images-mu": ["steps=4", "eval_every=2", "seeds=0", "mus=0,0.5", "ot=false", "workers=1", "eval_samples=32"],
+    "images-ablations": ["steps=4", "eval_every=2", "seeds=0", "workers=1", "eval_samples=32"],
+    "images-fashion": ["preset=digits", "steps=4", "eval_every=2", "seeds=0", "workers=1", "eval_samples=32"],
 }
 FAST = {"exact-map", "theorem1"}
 

@@ -19,8 +19,14 @@ STEPS = [100, 200, 300, 400]
 
 def record(fd: list[float], cpu: float = 40.0, name: str = "r", sw: float = 0.1) -> dict:
     """A run record as image_runs writes it, with a given FD curve at STEPS."""
-    return {"spec": {"name": name}, "steps": list(STEPS), "classifier_fd": fd, "pixel_sliced_w2": [sw] * len(fd),
-            "cpu_seconds": cpu, "floors": {"classifier_fd_noise_floor": 5.0}}
+    return {
+        "spec": {"name": name},
+        "steps": list(STEPS),
+        "classifier_fd": fd,
+        "pixel_sliced_w2": [sw] * len(fd),
+        "cpu_seconds": cpu,
+        "floors": {"classifier_fd_noise_floor": 5.0},
+    }
 
 
 def seeds(base: list[float], shift: float = 0.0, cpu: float = 40.0) -> list[dict]:
@@ -48,13 +54,15 @@ def test_curve_numbers() -> None:
 
 def test_mu_verdicts_follow_the_seed_noise() -> None:
     ic = [20.0, 12.0, 10.0, 10.0]
-    s = ia.summarise_all({
-        "IC": seeds(ic),
-        "GC μ=0.5": seeds([14.0, 9.0, 8.0, 8.0], cpu=50.0),  # faster and better, but 25 % more CPU per step
-        "GC μ=0.3": seeds(ic, shift=0.05),  # the same as IC within the seed noise
-        "OT": seeds(ic, shift=3.0),  # worse
-        "GC μ=1": [record([10.0, 9.0, 12.0, 14.0])] * 2 + [record([10.2, 9.2, 12.0, 14.2])],  # fast, then degrades
-    })
+    s = ia.summarise_all(
+        {
+            "IC": seeds(ic),
+            "GC μ=0.5": seeds([14.0, 9.0, 8.0, 8.0], cpu=50.0),  # faster and better, but 25 % more CPU per step
+            "GC μ=0.3": seeds(ic, shift=0.05),  # the same as IC within the seed noise
+            "OT": seeds(ic, shift=3.0),  # worse
+            "GC μ=1": [record([10.0, 9.0, 12.0, 14.0])] * 2 + [record([10.2, 9.2, 12.0, 14.2])],  # fast, then degrades
+        }
+    )
     gc = s["GC μ=0.5"]
     assert gc["target"] == pytest.approx(10.0) and gc["steps_to_target"] == 200
     # IC's own seeds straddle their mean: the one ending at 10.1 never reaches 10.0 (censored at 500).
@@ -73,11 +81,16 @@ def test_mu_verdicts_follow_the_seed_noise() -> None:
 
 def test_ablation_verdicts() -> None:
     ic = [20.0, 12.0, 10.0, 10.0]
-    s = ia.summarise_all({
-        "IC": seeds(ic), "GC μ=0.5": seeds(ic, shift=-2.0), "GC μ=0.5 online": seeds(ic, shift=-2.02),
-        "GC μ=0.5 dropout 0.1": seeds(ic, shift=1.0),
-        "frozen IC 20%": seeds([9.0, 9.0, 9.0, 9.0]), "frozen IC 100%": seeds([8.0, 7.0, 7.0, 7.0]),
-    })
+    s = ia.summarise_all(
+        {
+            "IC": seeds(ic),
+            "GC μ=0.5": seeds(ic, shift=-2.0),
+            "GC μ=0.5 online": seeds(ic, shift=-2.02),
+            "GC μ=0.5 dropout 0.1": seeds(ic, shift=1.0),
+            "frozen IC 20%": seeds([9.0, 9.0, 9.0, 9.0]),
+            "frozen IC 100%": seeds([8.0, 7.0, 7.0, 7.0]),
+        }
+    )
     verdicts = [c.verdict for c in ia.ablation_claims(s, 0.5)]
     assert verdicts == ["inconclusive", "agrees", "agrees", "agrees"]
 
@@ -115,8 +128,14 @@ def _fake_train(calls: list[str], stop_at: str | None = None):
 def test_interrupted_study_resumes_from_its_cached_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     o = images_mu.AblationOptions(steps=400, eval_every=100, seeds=(0,), workers=1)
     specs = images_mu.plan_ablations(o)
-    assert [s.name for s in specs] == ["ic-seed0", "gc0.5-seed0", "gc0.5-online-seed0", "gc0.5-dropout0.1-seed0",
-                                       "gc1-frozen100-seed0", "gc1-frozen400-seed0"]
+    assert [s.name for s in specs] == [
+        "ic-seed0",
+        "gc0.5-seed0",
+        "gc0.5-online-seed0",
+        "gc0.5-dropout0.1-seed0",
+        "gc1-frozen100-seed0",
+        "gc1-frozen400-seed0",
+    ]
     assert "network.dropout=0.1" in specs[3].overrides and specs[0].keep_steps == (100, 400)
     paths = StudyPaths(tmp_path / "cache", tmp_path / "work")
     monkeypatch.setattr(image_runs, "warm_up", lambda spec, paths: None)
@@ -149,8 +168,9 @@ def test_budget_must_be_a_multiple_of_the_evaluation_period() -> None:
 @pytest.mark.slow
 def test_tiny_real_study_end_to_end(tmp_path: Path) -> None:
     """Real training (digits, 4 steps per run): records, report, and no retraining on a second call."""
-    o = images_mu.ImagesOptions(steps=4, eval_every=2, seeds=(0, 1), mus=(0.0, 0.5), ot=False, workers=1,
-                                eval_samples=32)
+    o = images_mu.ImagesOptions(
+        steps=4, eval_every=2, seeds=(0, 1), mus=(0.0, 0.5), ot=False, workers=1, eval_samples=32
+    )
     rep = images_mu.run(o, tmp_path)
     runs = rep.results["runs"]
     assert set(runs) == {"ic-seed0", "ic-seed1", "gc0.5-seed0", "gc0.5-seed1"}
@@ -158,7 +178,9 @@ def test_tiny_real_study_end_to_end(tmp_path: Path) -> None:
     assert runs["ic-seed0"]["classifier_fd"] != runs["ic-seed1"]["classifier_fd"]  # seeds differ
     assert (tmp_path / "curves.png").stat().st_size > 1000 and rep.claims
     assert sorted(p.name for p in (tmp_path / "runs" / "ic-seed0" / "checkpoints").iterdir()) == [
-        "ckpt-00000002.safetensors", "ckpt-00000004.safetensors"]  # kept for frozen predictors (20 % and 100 %)
+        "ckpt-00000002.safetensors",
+        "ckpt-00000004.safetensors",
+    ]  # kept for frozen predictors (20 % and 100 %)
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
     again = images_mu.run(o, tmp_path)
     assert again.results["runs"] == runs and {p: p.stat().st_mtime_ns for p in mtimes} == mtimes

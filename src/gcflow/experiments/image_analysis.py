@@ -56,11 +56,15 @@ def budget_claims(records: list[dict[str, Any]], tol: float = 0.1) -> list[Claim
     for r in records:
         fd = r["classifier_fd"]
         curve = ", ".join(f"{s}: {fmt(v)}" for s, v in zip(r["steps"], fd))
-        out.append(Claim(
-            f"Where the IC curve flattens (seed {r['spec'].get('seed', '?')}, {r['steps'][-1]} steps).",
-            f"classifier FD by step: {curve}; smoothed over three evaluations, within {tol:.0%} of its best "
-            f"({fmt(min(smooth(fd)))}) "
-            f"from step {flattening_step(r['steps'], fd, tol)} on; {fmt(r['cpu_seconds'])} s CPU.", "measured"))
+        out.append(
+            Claim(
+                f"Where the IC curve flattens (seed {r['spec'].get('seed', '?')}, {r['steps'][-1]} steps).",
+                f"classifier FD by step: {curve}; smoothed over three evaluations, within {tol:.0%} of its best "
+                f"({fmt(min(smooth(fd)))}) "
+                f"from step {flattening_step(r['steps'], fd, tol)} on; {fmt(r['cpu_seconds'])} s CPU.",
+                "measured",
+            )
+        )
     return out
 
 
@@ -97,8 +101,15 @@ def summarise(
     steps = records[0]["steps"]
     budget = float(steps[-1])
     early = int(np.argmin([abs(s - EARLY_FRACTION * budget) for s in steps]))
-    out: dict[str, list[float]] = {"final": [], "final_pixel_sw": [], "steps_to_target": [], "at_cpu_budget": [],
-                                   "early": [], "rise": [], "cpu_per_kstep": []}
+    out: dict[str, list[float]] = {
+        "final": [],
+        "final_pixel_sw": [],
+        "steps_to_target": [],
+        "at_cpu_budget": [],
+        "early": [],
+        "rise": [],
+        "cpu_per_kstep": [],
+    }
     for r in records:
         fd = r[metric]
         out["final"].append(final_value(fd))
@@ -157,26 +168,43 @@ def mu_claims(s: dict[str, dict[str, Any]]) -> list[Claim]:
     r = rule(n)
     if mid:
         text, verdict = _vs(s, mid, "IC", "final")
-        claims.append(Claim("GC with 0.3 ≤ μ ≤ 0.7 ends with better samples than IC (lower final FD).",
-                            f"final classifier FD (mean ± std): {text}; {r}.", verdict))
+        claims.append(
+            Claim(
+                "GC with 0.3 ≤ μ ≤ 0.7 ends with better samples than IC (lower final FD).",
+                f"final classifier FD (mean ± std): {text}; {r}.",
+                verdict,
+            )
+        )
         text, verdict = _vs(s, mid, "IC", "final_pixel_sw")
-        claims.append(Claim("The same in pixel space (lower final pixel sliced W2).", f"final pixel SW: {text}; {r}.",
-                            verdict))
+        claims.append(
+            Claim("The same in pixel space (lower final pixel sliced W2).", f"final pixel SW: {text}; {r}.", verdict)
+        )
         text, verdict = _vs(s, mid, "IC", "steps_to_target")
-        claims.append(Claim(
-            "GC with 0.3 ≤ μ ≤ 0.7 converges faster than IC (fewer steps to IC's final FD).",
-            f"steps to reach IC's final FD {fmt(s['IC']['target'])}: {text} (runs that never reach it count as "
-            f"budget + one evaluation; reached by " + ", ".join(f"{k} {s[k]['reached']}/{n}" for k in [*mid, 'IC'])
-            + f"); {r}.", verdict))
+        claims.append(
+            Claim(
+                "GC with 0.3 ≤ μ ≤ 0.7 converges faster than IC (fewer steps to IC's final FD).",
+                f"steps to reach IC's final FD {fmt(s['IC']['target'])}: {text} (runs that never reach it count as "
+                f"budget + one evaluation; reached by "
+                + ", ".join(f"{k} {s[k]['reached']}/{n}" for k in [*mid, "IC"])
+                + f"); {r}.",
+                verdict,
+            )
+        )
         text, verdict = _vs(s, mid, "IC", "at_cpu_budget")
-        claims.append(Claim(
-            "At equal compute (GC pays an extra predictor pass), GC still beats IC.",
-            f"FD at IC's CPU time {fmt(s['IC']['cpu_budget'])} s: {text}; CPU s per 1000 steps: "
-            + ", ".join(f"{k} {fmt(s[k]['cpu_per_kstep'])}" for k in [*mid, 'IC']) + f"; {r}.", verdict))
+        claims.append(
+            Claim(
+                "At equal compute (GC pays an extra predictor pass), GC still beats IC.",
+                f"FD at IC's CPU time {fmt(s['IC']['cpu_budget'])} s: {text}; CPU s per 1000 steps: "
+                + ", ".join(f"{k} {fmt(s[k]['cpu_per_kstep'])}" for k in [*mid, "IC"])
+                + f"; {r}.",
+                verdict,
+            )
+        )
         if "OT" in s:
             text, verdict = _vs(s, mid, "OT", "final")
-            claims.append(Claim("GC with 0.3 ≤ μ ≤ 0.7 ends better than minibatch OT.", f"final FD: {text}; {r}.",
-                                verdict))
+            claims.append(
+                Claim("GC with 0.3 ≤ μ ≤ 0.7 ends better than minibatch OT.", f"final FD: {text}; {r}.", verdict)
+            )
     if "OT" in s:
         text, verdict = _vs(s, ["OT"], "IC", "final")
         claims.append(Claim("Minibatch OT improves on IC (paper Table 1).", f"final FD: {text}; {r}.", verdict))
@@ -184,14 +212,23 @@ def mu_claims(s: dict[str, dict[str, Any]]) -> list[Claim]:
         early = s["IC"]["early_step"]
         others = [k for k in s if k != "GC μ=1"]
         text, verdict = _vs(s, ["GC μ=1"], "IC", "early")
-        claims.append(Claim(f"μ = 1 is fastest early (lowest FD at step {early}).",
-                            f"FD at step {early}: " + ", ".join(f"{k} {pm(s[k], 'early')}" for k in others + ['GC μ=1'])
-                            + f"; verdict μ = 1 vs IC; {r}.", verdict))
-        claims.append(Claim(
-            "…and then degrades (its FD rises from its best value more than IC's does).",
-            f"final FD minus the best FD after step {early}: GC μ=1 {pm(s['GC μ=1'], 'rise')}, "
-            f"IC {pm(s['IC'], 'rise')}; {r}.",
-            lower_verdict(s["IC"]["per_seed"]["rise"], s["GC μ=1"]["per_seed"]["rise"])))
+        claims.append(
+            Claim(
+                f"μ = 1 is fastest early (lowest FD at step {early}).",
+                f"FD at step {early}: "
+                + ", ".join(f"{k} {pm(s[k], 'early')}" for k in others + ["GC μ=1"])
+                + f"; verdict μ = 1 vs IC; {r}.",
+                verdict,
+            )
+        )
+        claims.append(
+            Claim(
+                "…and then degrades (its FD rises from its best value more than IC's does).",
+                f"final FD minus the best FD after step {early}: GC μ=1 {pm(s['GC μ=1'], 'rise')}, "
+                f"IC {pm(s['IC'], 'rise')}; {r}.",
+                lower_verdict(s["IC"]["per_seed"]["rise"], s["GC μ=1"]["per_seed"]["rise"]),
+            )
+        )
     return claims
 
 
@@ -201,34 +238,60 @@ def ablation_claims(s: dict[str, dict[str, Any]], mu: float) -> list[Claim]:
     r = rule(n)
     if gc in s and f"{gc} online" in s:
         text, verdict = _vs(s, [gc], f"{gc} online", "final")
-        claims.append(Claim("An EMA predictor beats the online one (paper: FID 5.95 vs 6.73).",
-                            f"final FD, EMA vs online predictor: {text}; {r}.", verdict))
+        claims.append(
+            Claim(
+                "An EMA predictor beats the online one (paper: FID 5.95 vs 6.73).",
+                f"final FD, EMA vs online predictor: {text}; {r}.",
+                verdict,
+            )
+        )
     frozen = [k for k in s if k.startswith("frozen")]
     if frozen:
         text, verdict = _vs(s, frozen, "IC", "steps_to_target")
-        claims.append(Claim("GC-only training (μ = 1) with a frozen IC predictor converges faster than IC (Fig. 4).",
-                            f"steps to IC's final FD {fmt(s['IC']['target'])}: {text}; {r}.", verdict))
+        claims.append(
+            Claim(
+                "GC-only training (μ = 1) with a frozen IC predictor converges faster than IC (Fig. 4).",
+                f"steps to IC's final FD {fmt(s['IC']['target'])}: {text}; {r}.",
+                verdict,
+            )
+        )
     if len(frozen) >= 2:
         lo, hi = sorted(frozen, key=lambda k: float(k.split()[-1].rstrip("%")))[:: len(frozen) - 1]
         text, verdict = _vs(s, [hi], lo, "final")
-        claims.append(Claim("The frozen predictor's quality matters: the better-trained one gives the better model.",
-                            f"final FD: {text}; {r}.", verdict))
+        claims.append(
+            Claim(
+                "The frozen predictor's quality matters: the better-trained one gives the better model.",
+                f"final FD: {text}; {r}.",
+                verdict,
+            )
+        )
     drop = [k for k in s if k.startswith(f"{gc} dropout")]
     if gc in s and drop:
         text, verdict = _vs(s, [gc], drop[0], "final")
-        claims.append(Claim("Dropout hurts GC (paper: 7.77 with dropout); GC trains best with dropout 0.",
-                            f"final FD, dropout 0 vs the IC setting's dropout: {text}; {r}.", verdict))
+        claims.append(
+            Claim(
+                "Dropout hurts GC (paper: 7.77 with dropout); GC trains best with dropout 0.",
+                f"final FD, dropout 0 vs the IC setting's dropout: {text}; {r}.",
+                verdict,
+            )
+        )
     return claims
 
 
 def table(s: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per method with the study's headline numbers (mean ± std over seeds)."""
-    lines = [("| method | final classifier FD | final pixel SW | steps to IC's final FD | FD at IC's CPU time "
-              "| CPU s / 1000 steps |"),
-             "|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| method | final classifier FD | final pixel SW | steps to IC's final FD | FD at IC's CPU time "
+            "| CPU s / 1000 steps |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
     for k, v in s.items():
         missed = v["reached"] < v["seeds"]
         reach = pm(v, "steps_to_target") + (f" ({v['reached']}/{v['seeds']} reached)" if missed else "")
-        lines.append(f"| {k} | {pm(v, 'final')} | {pm(v, 'final_pixel_sw')} | {reach} | {pm(v, 'at_cpu_budget')} | "
-                     f"{fmt(v['cpu_per_kstep'])} |")
+        lines.append(
+            f"| {k} | {pm(v, 'final')} | {pm(v, 'final_pixel_sw')} | {reach} | {pm(v, 'at_cpu_budget')} | "
+            f"{fmt(v['cpu_per_kstep'])} |"
+        )
     return lines

@@ -68,8 +68,11 @@ class RunSpec:
         """12 hex digits over everything that decides the run's result (the preset's own overrides included)."""
         from gcflow.training.presets import PRESETS
 
-        what = {"preset": list(PRESETS[self.preset].overrides) if self.preset in PRESETS else self.preset,
-                "overrides": list(self.overrides), "seed": self.seed}
+        what = {
+            "preset": list(PRESETS[self.preset].overrides) if self.preset in PRESETS else self.preset,
+            "overrides": list(self.overrides),
+            "seed": self.seed,
+        }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -148,9 +151,17 @@ def curves_record(
     floors = {k: records[-1].get(k) for k in FLOOR_KEYS if records and k in records[-1]}
     import torch
 
-    return {"spec": asdict(spec), "digest": spec.digest(), "steps": [r["step"] for r in records], **curves,
-            "floors": floors, "cpu_seconds": round(cpu_seconds, 2), "wall_seconds": round(wall_seconds, 2),
-            "torch": torch.__version__, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "spec": asdict(spec),
+        "digest": spec.digest(),
+        "steps": [r["step"] for r in records],
+        **curves,
+        "floors": floors,
+        "cpu_seconds": round(cpu_seconds, 2),
+        "wall_seconds": round(wall_seconds, 2),
+        "torch": torch.__version__,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def _finite(x: Any) -> Any:
@@ -199,8 +210,9 @@ def pending_specs(specs: list[RunSpec], paths: StudyPaths) -> list[RunSpec]:
     return [s for s in specs if s in todo]
 
 
-def execute(specs: list[RunSpec], paths: StudyPaths, workers: int = 2,
-            on_record: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+def execute(
+    specs: list[RunSpec], paths: StudyPaths, workers: int = 2, on_record: Callable[[str], None] | None = None
+) -> dict[str, dict[str, Any]]:
     """Train every pending spec (`workers` at a time, dependencies first); returns every record by name.
 
     With workers = 1 the runs train in this process, one after the other (tests, debugging).

@@ -69,9 +69,15 @@ def _common(o: ImagesOptions) -> tuple[str, ...]:
     """Overrides shared by every run of a study: data, budget, evaluation, threads, a checkpoint per evaluation."""
     if o.steps % o.eval_every:
         raise ValueError(f"steps={o.steps} must be a multiple of eval_every={o.eval_every}")
-    out = [f"train.steps={o.steps}", f"train.eval_every={o.eval_every}", f"train.checkpoint_every={o.eval_every}",
-           f"train.keep_checkpoints={o.steps // o.eval_every + 2}", f"train.eval_samples={o.eval_samples}",
-           f"train.device={o.device}", f"train.threads={max(o.threads, 1)}"]
+    out = [
+        f"train.steps={o.steps}",
+        f"train.eval_every={o.eval_every}",
+        f"train.checkpoint_every={o.eval_every}",
+        f"train.keep_checkpoints={o.steps // o.eval_every + 2}",
+        f"train.eval_samples={o.eval_samples}",
+        f"train.device={o.device}",
+        f"train.threads={max(o.threads, 1)}",
+    ]
     out += [f"data.name={o.data}"] * bool(o.data) + [f"data.root={o.root}"] * bool(o.root)
     out += [f"data.resolution={o.resolution}"] * bool(o.resolution)
     return (*out, *o.extra)
@@ -81,13 +87,26 @@ def _mu_label(mu: float) -> str:
     return "IC" if mu == 0 else f"GC μ={mu:g}"
 
 
-def _mu_spec(o: ImagesOptions, mu: float, seed: int, keep: tuple[int, ...] = (), more: tuple[str, ...] = (),
-             label: str = "", tag: str = "") -> RunSpec:
+def _mu_spec(
+    o: ImagesOptions,
+    mu: float,
+    seed: int,
+    keep: tuple[int, ...] = (),
+    more: tuple[str, ...] = (),
+    label: str = "",
+    tag: str = "",
+) -> RunSpec:
     """The IC (μ = 0) or GC run at μ for one seed (more: extra overrides of an ablation, tag: its name)."""
     if mu == 0:
         return RunSpec(f"ic{tag}-seed{seed}", label or "IC", f"{o.preset}-ic", (*_common(o), *more), seed, keep)
-    return RunSpec(f"gc{mu:g}{tag}-seed{seed}", label or _mu_label(mu), f"{o.preset}-gc",
-                   (*_common(o), f"method.gc_mu={mu:g}", *more), seed, keep)
+    return RunSpec(
+        f"gc{mu:g}{tag}-seed{seed}",
+        label or _mu_label(mu),
+        f"{o.preset}-gc",
+        (*_common(o), f"method.gc_mu={mu:g}", *more),
+        seed,
+        keep,
+    )
 
 
 def _frozen_steps(o: ImagesOptions, fractions: tuple[float, ...]) -> list[int]:
@@ -122,8 +141,14 @@ def plan_ablations(o: AblationOptions) -> list[RunSpec]:
             _mu_spec(o, 0.0, s, keep=tuple(frozen)),
             _mu_spec(o, mu, s),
             _mu_spec(o, mu, s, more=("method.gc_predictor=online",), label=f"GC μ={mu:g} online", tag="-online"),
-            _mu_spec(o, mu, s, more=(f"network.dropout={dropout:g}",), label=f"GC μ={mu:g} dropout {dropout:g}",
-                     tag=f"-dropout{dropout:g}"),
+            _mu_spec(
+                o,
+                mu,
+                s,
+                more=(f"network.dropout={dropout:g}",),
+                label=f"GC μ={mu:g} dropout {dropout:g}",
+                tag=f"-dropout{dropout:g}",
+            ),
         ]
         for step, frac in zip(frozen, o.frozen_fractions):
             more = ("method.gc_predictor=frozen", f"method.gc_checkpoint=@ic-seed{s}:{step}")
@@ -153,15 +178,21 @@ def draw_curves(by_label: dict[str, list[dict[str, Any]]], path: Path, title: st
     for label, recs in by_label.items():
         steps = recs[0]["steps"]
         per_step = float(np.mean([r["cpu_seconds"] / max(r["steps"][-1], 1) for r in recs]))
-        panels = ((axes[0], "classifier_fd", steps), (axes[1], "classifier_fd", [s * per_step for s in steps]),
-                  (axes[2], "pixel_sliced_w2", steps))
+        panels = (
+            (axes[0], "classifier_fd", steps),
+            (axes[1], "classifier_fd", [s * per_step for s in steps]),
+            (axes[2], "pixel_sliced_w2", steps),
+        )
         for ax, key, xs in panels:
             ys = np.array([[np.nan if v is None else v for v in r[key]] for r in recs], dtype=float)
             mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
             figures.line(ax, xs, mean.tolist(), label)
             ax.fill_between(xs, mean - std, mean + std, alpha=0.12, color=ax.lines[-1].get_color())
-    for ax, key in ((axes[0], "classifier_fd_noise_floor"), (axes[1], "classifier_fd_noise_floor"),
-                    (axes[2], "pixel_sliced_w2_noise_floor")):
+    for ax, key in (
+        (axes[0], "classifier_fd_noise_floor"),
+        (axes[1], "classifier_fd_noise_floor"),
+        (axes[2], "pixel_sliced_w2_noise_floor"),
+    ):
         if floors.get(key) is not None:
             ax.axhline(floors[key], color="0.5", ls="--", lw=1, label="held-out")
         ax.legend(fontsize=6)
@@ -171,26 +202,38 @@ def draw_curves(by_label: dict[str, list[dict[str, Any]]], path: Path, title: st
     figures.save(fig, path)
 
 
-def _report(title: str, o: ImagesOptions, by_label: dict[str, list[dict[str, Any]]], claims: list[Claim],
-            summaries: dict[str, Any], out: Path) -> ExperimentReport:
+def _report(
+    title: str,
+    o: ImagesOptions,
+    by_label: dict[str, list[dict[str, Any]]],
+    claims: list[Claim],
+    summaries: dict[str, Any],
+    out: Path,
+) -> ExperimentReport:
     draw_curves(by_label, out / "curves.png", title)
     floors = next(iter(by_label.values()))[0]["floors"]
     runs = {r["spec"]["name"]: r for recs in by_label.values() for r in recs}
     return ExperimentReport(
         title=title,
-        summary=(f"Every run is `gcflow train --preset {o.preset}-<ic|gc|ot>` for {o.steps} steps with seeds "
-                 f"{', '.join(map(str, o.seeds))}, evaluated every {o.eval_every} steps (classifier FD and pixel "
-                 f"sliced W2 of one-step samples). Held-out split: classifier FD "
-                 f"{floors.get('classifier_fd_noise_floor')}, "
-                 f"pixel SW {floors.get('pixel_sliced_w2_noise_floor')}; classifier test accuracy "
-                 f"{floors.get('classifier_test_accuracy')}."),
+        summary=(
+            f"Every run is `gcflow train --preset {o.preset}-<ic|gc|ot>` for {o.steps} steps with seeds "
+            f"{', '.join(map(str, o.seeds))}, evaluated every {o.eval_every} steps (classifier FD and pixel "
+            f"sliced W2 of one-step samples). Held-out split: classifier FD "
+            f"{floors.get('classifier_fd_noise_floor')}, "
+            f"pixel SW {floors.get('pixel_sliced_w2_noise_floor')}; classifier test accuracy "
+            f"{floors.get('classifier_test_accuracy')}."
+        ),
         claims=claims,
         results={"table": image_analysis.table(summaries), "summaries": summaries, "runs": runs},
-        figures={"curves.png": "classifier FD against step and against CPU time, pixel sliced W2 against step "
-                               "(mean ± std over seeds; dashed: held-out split)"},
-        notes=["Final values are the mean of the last two evaluations; every verdict compares per-seed values.",
-               "CPU time is the run process's CPU seconds (one thread), spread evenly over its steps.",
-               "Each run's JSON record is cached (options cache=...); rerunning skips finished runs."],
+        figures={
+            "curves.png": "classifier FD against step and against CPU time, pixel sliced W2 against step "
+            "(mean ± std over seeds; dashed: held-out split)"
+        },
+        notes=[
+            "Final values are the mean of the last two evaluations; every verdict compares per-seed values.",
+            "CPU time is the run process's CPU seconds (one thread), spread evenly over its steps.",
+            "Each run's JSON record is cached (options cache=...); rerunning skips finished runs.",
+        ],
     )
 
 
@@ -198,8 +241,9 @@ def run(options: ImagesOptions, out: Path) -> ExperimentReport:
     """images-mu: IC vs GC(μ) vs OT."""
     by_label = measure(plan_mu(options), options, out)
     summaries = image_analysis.summarise_all(by_label)
-    return _report(f"GC μ sweep on {options.preset}", options, by_label, image_analysis.mu_claims(summaries),
-                   summaries, out)
+    return _report(
+        f"GC μ sweep on {options.preset}", options, by_label, image_analysis.mu_claims(summaries), summaries, out
+    )
 
 
 def run_ablations(options: AblationOptions, out: Path) -> ExperimentReport:

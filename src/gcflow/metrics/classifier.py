@@ -384,8 +384,15 @@ def training_settings(dataset: str, seed: int = 0, **train_kwargs: Any) -> dict[
     """The settings `load_or_train_classifier` trains with: the dataset's preset, overridden by
     `train_kwargs` (epochs, batch_size, lr, weight_decay, num_threads), with the thread count resolved."""
     p = preset(dataset)
-    settings = {"epochs": p.epochs, "batch_size": p.batch_size, "lr": LR, "weight_decay": WEIGHT_DECAY,
-                "seed": seed, "num_threads": TRAIN_THREADS, **train_kwargs}
+    settings = {
+        "epochs": p.epochs,
+        "batch_size": p.batch_size,
+        "lr": LR,
+        "weight_decay": WEIGHT_DECAY,
+        "seed": seed,
+        "num_threads": TRAIN_THREADS,
+        **train_kwargs,
+    }
     if settings["num_threads"] is None:  # torch's setting decides the weights: key on its value
         settings["num_threads"] = torch.get_num_threads()
     return settings
@@ -393,8 +400,14 @@ def training_settings(dataset: str, seed: int = 0, **train_kwargs: Any) -> dict[
 
 def cache_key(dataset: str, settings: dict[str, Any], data_sha256: str) -> str:
     """SHA-256 (hex) of everything that decides a cached classifier's weights."""
-    what = {"recipe": RECIPE, "dataset": dataset, "config": asdict(preset(dataset).config), "training": settings,
-            "data_sha256": data_sha256, "torch": torch.__version__}
+    what = {
+        "recipe": RECIPE,
+        "dataset": dataset,
+        "config": asdict(preset(dataset).config),
+        "training": settings,
+        "data_sha256": data_sha256,
+        "torch": torch.__version__,
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 

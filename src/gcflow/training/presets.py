@@ -243,40 +243,65 @@ _CIFAR_DDPMPP = (
     "train.log_every=100",
 )
 _CIFAR_EDM = _CIFAR_DDPMPP + (
-    "method.pairs=edm", "method.p_mean=-1.2", "method.p_std=1.2", "network.dropout=0.13",
-    "optim.name=adam", "optim.lr=1e-3", "optim.betas=0.9,0.999", "optim.ema_half_life=500000",
-    "train.batch_size=512", "train.steps=390000",
+    "method.pairs=edm",
+    "method.p_mean=-1.2",
+    "method.p_std=1.2",
+    "network.dropout=0.13",
+    "optim.name=adam",
+    "optim.lr=1e-3",
+    "optim.betas=0.9,0.999",
+    "optim.ema_half_life=500000",
+    "train.batch_size=512",
+    "train.steps=390000",
 )
 # ECT (locuslab/ect run_ecm.sh): RAdam lr 1e-4, batch 128, dropout 0.2, constant EMA, L2-norm loss,
 # Δt halving every 25k iterations. The paper's Table-2 budgets: short (~4k steps, ECT's one-hour
 # settings q = 256 in one stage, EMA 0.9993) and long (100k steps = 4 stages of 25k, EMA 0.9999).
 _CIFAR_ECT = _CIFAR_DDPMPP + (
-    "method.pairs=ect", "method.init_from=teachers/edm-cifar10-32x32-uncond-vp.safetensors",
-    "method.distance=l2_norm", "method.p_mean=-1.1", "method.p_std=2.0", "network.dropout=0.2",
-    "optim.name=radam", "optim.lr=1e-4", "optim.betas=0.9,0.999", "train.batch_size=128",
+    "method.pairs=ect",
+    "method.init_from=teachers/edm-cifar10-32x32-uncond-vp.safetensors",
+    "method.distance=l2_norm",
+    "method.p_mean=-1.1",
+    "method.p_std=2.0",
+    "network.dropout=0.2",
+    "optim.name=radam",
+    "optim.lr=1e-4",
+    "optim.betas=0.9,0.999",
+    "train.batch_size=128",
 )
 _ECT_SHORT = ("train.steps=4000", "method.ect_q=256", "method.ect_stages=1", "optim.ema_decay=0.9993")
 _ECT_LONG = ("train.steps=100000", "method.ect_q=2", "method.ect_stages=4", "optim.ema_decay=0.9999")
 
 TEACHER_PRESETS: dict[str, Preset] = {
     "digits-edm": Preset("scikit-learn 8x8 digits, EDM diffusion pretraining (a CPU teacher in minutes)", _DIGITS_EDM),
-    "digits-cd": Preset("8x8 digits, consistency distillation from the teacher in runs/digits-edm (method.teacher)",
-                        _DIGITS + ("method.pairs=cd", "method.teacher=runs/digits-edm", "network.dropout=0.1")),
-    "digits-cd-oracle": Preset("8x8 digits, oracle CD with the exact velocity of the empirical training set",
-                               _DIGITS + ("method.pairs=cd", "network.dropout=0.1")),
+    "digits-cd": Preset(
+        "8x8 digits, consistency distillation from the teacher in runs/digits-edm (method.teacher)",
+        _DIGITS + ("method.pairs=cd", "method.teacher=runs/digits-edm", "network.dropout=0.1"),
+    ),
+    "digits-cd-oracle": Preset(
+        "8x8 digits, oracle CD with the exact velocity of the empirical training set",
+        _DIGITS + ("method.pairs=cd", "network.dropout=0.1"),
+    ),
     "digits-ect-ic": Preset("8x8 digits, ECT tuning from the teacher in runs/digits-edm", _DIGITS_ECT),
-    "digits-ect-gc": Preset("8x8 digits, ECT tuning from runs/digits-edm with GC pairs, mu = 0.3",
-                            _DIGITS_ECT + ("method.gc_mu=0.3",)),
-    "cifar10-edm": Preset("CIFAR-10 32x32, EDM diffusion pretraining with DDPM++ (GPU; most users import one)",
-                          _CIFAR_EDM),
-    "cifar10-ect-ic": Preset("CIFAR-10, ECT from an imported EDM teacher, short budget (~4k steps, GPU)",
-                             _CIFAR_ECT + _ECT_SHORT),
-    "cifar10-ect-gc": Preset("CIFAR-10, ECT from an imported EDM teacher with GC mu = 0.3, short budget (~4k steps)",
-                             _CIFAR_ECT + _ECT_SHORT + ("method.gc_mu=0.3",)),
-    "cifar10-ect-ic-long": Preset("CIFAR-10, ECT from an imported EDM teacher, long budget (100k steps, GPU)",
-                                  _CIFAR_ECT + _ECT_LONG),
-    "cifar10-ect-gc-long": Preset("CIFAR-10, ECT with GC mu = 0.3, long budget (100k steps, GPU)",
-                                  _CIFAR_ECT + _ECT_LONG + ("method.gc_mu=0.3",)),
+    "digits-ect-gc": Preset(
+        "8x8 digits, ECT tuning from runs/digits-edm with GC pairs, mu = 0.3", _DIGITS_ECT + ("method.gc_mu=0.3",)
+    ),
+    "cifar10-edm": Preset(
+        "CIFAR-10 32x32, EDM diffusion pretraining with DDPM++ (GPU; most users import one)", _CIFAR_EDM
+    ),
+    "cifar10-ect-ic": Preset(
+        "CIFAR-10, ECT from an imported EDM teacher, short budget (~4k steps, GPU)", _CIFAR_ECT + _ECT_SHORT
+    ),
+    "cifar10-ect-gc": Preset(
+        "CIFAR-10, ECT from an imported EDM teacher with GC mu = 0.3, short budget (~4k steps)",
+        _CIFAR_ECT + _ECT_SHORT + ("method.gc_mu=0.3",),
+    ),
+    "cifar10-ect-ic-long": Preset(
+        "CIFAR-10, ECT from an imported EDM teacher, long budget (100k steps, GPU)", _CIFAR_ECT + _ECT_LONG
+    ),
+    "cifar10-ect-gc-long": Preset(
+        "CIFAR-10, ECT with GC mu = 0.3, long budget (100k steps, GPU)", _CIFAR_ECT + _ECT_LONG + ("method.gc_mu=0.3",)
+    ),
 }
 
 PRESETS: dict[str, Preset] = {**TOY_PRESETS, **_image_presets(), **TEACHER_PRESETS}
