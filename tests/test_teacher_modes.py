@@ -8,12 +8,12 @@ import torch
 
 from gcflow.teacher.edm_loss import Denoiser
 from gcflow.teacher.edm_sampler import edm_sample, edm_sampler_sigmas
-from gcflow.teacher.source import cd_velocity, empirical_velocity, load_teacher_model, teacher_velocity
 from gcflow.toy.mixture import GaussianMixture
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.config import ConfigError, apply_overrides, validate
 from gcflow.training.objectives import OBJECTIVES, get_objective
 from gcflow.training.presets import load_preset
+from gcflow.training.teacher_source import cd_velocity, empirical_velocity, load_teacher_model, teacher_velocity
 from gcflow.training.trainer import train
 
 TINY = [

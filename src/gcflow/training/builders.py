@@ -65,7 +65,7 @@ def init_from_teacher(model: nn.Module, cfg: Config) -> nn.Module:
     """`model` with its raw network copied from method.init_from (a diffusion run or imported file), if set."""
     if not cfg.method.init_from:
         return model
-    from gcflow.teacher.source import init_from_teacher as copy_teacher
+    from gcflow.training.teacher_source import init_from_teacher as copy_teacher
 
     return copy_teacher(model, cfg.method.init_from)
 

@@ -2,7 +2,7 @@
 
 * "ct", "cd": consistency pairs from `gcflow.pairs.build_pairs` (iCT's grid levels, GC optional)
   and `gcflow.loss.consistency_loss`. CD's velocity is the teacher's or the exact one
-  (`gcflow.teacher.source.cd_velocity`).
+  (`gcflow.training.teacher_source.cd_velocity`).
 * "edm": EDM's denoising loss λ(σ)‖D(x⋆ + σ z, σ) − x⋆‖² with σ ~ lognormal(method.p_mean, p_std)
   (diffusion pretraining; the model is a `gcflow.teacher.edm_loss.Denoiser`).
 * "ect": Easy Consistency Tuning: t ~ lognormal(method.p_mean, p_std), r = r(t, stage) with Δt

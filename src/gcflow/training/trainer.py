@@ -29,7 +29,6 @@ from gcflow.ema import ema_decay_from_half_life, make_ema
 from gcflow.loss import consistency_loss
 from gcflow.randomness import stream_seed
 from gcflow.sigmas import ict_num_scales
-from gcflow.teacher.source import cd_velocity
 from gcflow.training import distributed
 from gcflow.training.builders import build_model, build_optimizer, init_from_teacher, set_memory_format
 from gcflow.training.config import Config, TrainConfig, from_dict, to_dict, validate
@@ -64,6 +63,7 @@ from gcflow.training.run_state import (
     write_summary,
 )
 from gcflow.training.step import TrainStep, mu_schedule
+from gcflow.training.teacher_source import cd_velocity
 
 # Re-exported: the names scripts and the commands import from the trainer.
 __all__ = ["Interrupted", "RunResult", "TrainingError", "load_model_for_inference", "train"]
