@@ -10,10 +10,11 @@ CPU at both sizes, so gcflow now trains with it. The three optimizers update the
 SongUNet built from a preset (the shapes and the number of tensors are what matter: digits-gc has
 0.19 M parameters in 142 tensors, cifar10-gc 34.7 M in 320). They run in one process, interleaved:
 each round times every optimizer for --steps steps, in an order that rotates from round to round,
-so that a slow phase of the shared machine hits all of them alike; each figure is the median over --rounds rounds. The clock is the process's
-CPU time (with --threads intra-op threads, one by default; on CUDA it would be wall time between
-syncs). All three share the parameters and gradients and keep their own momentum, so each step
-does the same work. Writes benchmarks/results/lion.json.
+so that a slow phase of the shared machine hits all of them alike; each figure is the median over
+--rounds rounds. The clock is the process's CPU time (with --threads intra-op threads, one by
+default; on CUDA it would be wall time between syncs). All three share the parameters and
+gradients and keep their own momentum, so each step does the same work. Writes
+benchmarks/results/lion.json.
 """
 
 from __future__ import annotations

@@ -454,8 +454,10 @@ def markdown(results: dict) -> str:
             )
         lines += [
             "",
-            f"GC / IC step time: gcflow {res['gc_over_ic']['gcflow']:.3f}, reference {res['gc_over_ic']['reference']:.3f}. "
-            f"OT extra time / OT step: gcflow {res['ot_overhead']['gcflow']:.3f}, reference {res['ot_overhead']['reference']:.3f}; "
+            f"GC / IC step time: gcflow {res['gc_over_ic']['gcflow']:.3f}, "
+            f"reference {res['gc_over_ic']['reference']:.3f}. "
+            f"OT extra time / OT step: gcflow {res['ot_overhead']['gcflow']:.3f}, "
+            f"reference {res['ot_overhead']['reference']:.3f}; "
             f"one OT assignment alone: {res['ot_solve_ms']:.1f} ms.",
         ]
         if "mfu" in res:
@@ -473,7 +475,8 @@ def markdown(results: dict) -> str:
         if "bf16_check" in res:
             c = res["bf16_check"]
             lines.append(
-                f"bf16 autocast vs fp32, one GC step from the same weights: loss {c['loss_bf16']:.5g} vs {c['loss_fp32']:.5g} "
+                f"bf16 autocast vs fp32, one GC step from the same weights: "
+                f"loss {c['loss_bf16']:.5g} vs {c['loss_fp32']:.5g} "
                 f"({c['loss_rel_diff']:.2%}), gradient cosine {c['grad_cosine']:.4f} ({c['tolerance']}: "
                 f"{'within' if c['within_tolerance'] else 'OUTSIDE'})."
             )
@@ -486,7 +489,9 @@ def markdown(results: dict) -> str:
 
 
 def update_benchmarks_md(path: Path, key: str, body: str) -> None:
-    """Replace the block between `<!-- step:KEY -->` and `<!-- /step:KEY -->` (added under the step section if missing)."""
+    """Replace the block between `<!-- step:KEY -->` and `<!-- /step:KEY -->`
+    (added under the step section if missing).
+    """
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     start, end = f"<!-- step:{key} -->", f"<!-- /step:{key} -->"
     block = f"{start}\n{body}{end}"

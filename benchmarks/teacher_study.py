@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][key] = {"run_dir": run_dir, **res}
             _save(args.json, results)
             print(
-                f"{key}: 1-step FD {res['1-step']['classifier_fd']:.1f}, 2-step FD {res['2-step']['classifier_fd']:.1f}",
+                f"{key}: 1-step FD {res['1-step']['classifier_fd']:.1f}, "
+                f"2-step FD {res['2-step']['classifier_fd']:.1f}",
                 flush=True,
             )
     results["summary"] = _summarise(results, seeds)

@@ -101,7 +101,8 @@ def markdown(table: list[dict]) -> str:
     for t in table:
         lines.append(
             f"| {t['preset']} | {t['steps']} | {t['seeds']} | {t['w2_mean']:.3f} ± {t['w2_std']:.3f} | "
-            f"{t['sliced_w2_mean']:.3f} ± {t['sliced_w2_std']:.3f} | {t['w2_noise_floor']:.3f} | {t['sliced_w2_noise_floor']:.3f} |"
+            f"{t['sliced_w2_mean']:.3f} ± {t['sliced_w2_std']:.3f} | {t['w2_noise_floor']:.3f} | "
+            f"{t['sliced_w2_noise_floor']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -77,7 +77,9 @@ def test_import_gcflow_does_not_load_the_trainer():
 
 
 def test_loaders_are_loaded_on_first_use():
-    """load_exported (gcflow.export) now; load_run and load_model_for_inference once gcflow.training.run_state exists."""
+    """load_exported (gcflow.export) now; load_run and load_model_for_inference once
+    gcflow.training.run_state exists.
+    """
     from gcflow.export import load_exported
 
     assert gcflow.load_exported is load_exported

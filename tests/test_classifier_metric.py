@@ -89,7 +89,7 @@ def test_training_is_deterministic_given_seed(splits):
     cfg = ClassifierConfig(image_size=8, widths=(8, 16), feature_dim=16)
     runs = [train_classifier(*splits, config=cfg, epochs=1, seed=3)[0] for _ in range(2)]
     other = train_classifier(*splits, config=cfg, epochs=1, seed=4)[0]
-    for a, b, c in zip(runs[0].state_dict().values(), runs[1].state_dict().values(), other.state_dict().values()):
+    for a, b, _c in zip(runs[0].state_dict().values(), runs[1].state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, c) for a, c in zip(runs[0].state_dict().values(), other.state_dict().values()))
 

@@ -3,9 +3,9 @@
 The SIGKILL test runs `gcflow train` (the same `gcflow.cli.main` that `python -m gcflow` calls) in
 child processes and kills them at random moments, many times in a row, half of the kills landing
 inside checkpoint writes (the test's launcher, not gcflow, makes `os.replace` sleep before renaming a
-temporary file, which holds every atomic write open between its temporary file and its rename). After every kill, every checkpoint on disk must verify and no
-finished step may be lost; after the last, the run completes and its weights and metrics equal an
-uninterrupted run's, bit for bit.
+temporary file, which holds every atomic write open between its temporary file and its rename).
+After every kill, every checkpoint on disk must verify and no finished step may be lost; after the
+last, the run completes and its weights and metrics equal an uninterrupted run's, bit for bit.
 
 The children are forked from a small server process that has already imported torch and gcflow,
 so each launch costs milliseconds instead of seconds of imports; the server itself runs no torch
@@ -247,7 +247,7 @@ def test_blind_auto_resume_reruns_survive_sigkill_also_during_start_up(tmp_path)
         server.start(["train", "--no-progress", "--out", str(ref), *CRASH_RUN], log, env)
         assert server.wait() == 0, log.read_text()[-3000:]
         kills, startup, mid_config = 0, 0, 0
-        for launch in range(60):  # the same command every time, whatever the folder holds
+        for _launch in range(60):  # the same command every time, whatever the folder holds
             if kills >= KILLS + STARTUP_KILLS:
                 pid = server.start(argv, log, env, SLOW_WRITE)
                 if server.wait() == 0:

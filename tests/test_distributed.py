@@ -140,7 +140,8 @@ def test_documented_torchrun_command(tmp_path):
     assert bad.returncode != 0
     errors = [line for line in bad.stderr.splitlines() if line.startswith("gcflow: error:")]
     assert errors == [
-        "gcflow: error: train.batch_size=33 is not divisible by the 2 processes; use a multiple of 2 such as train.batch_size=32"
+        "gcflow: error: train.batch_size=33 is not divisible by the 2 processes; "
+        "use a multiple of 2 such as train.batch_size=32"
     ], bad.stderr[-2000:]
     assert (
         ckpt.load_latest_checkpoint(tmp_path / "run" / "checkpoints").meta["step"] == 8

@@ -122,7 +122,9 @@ def test_bf16_autocast_step_agrees_with_fp32(device):
 
 
 def test_overlapped_ot_assignment_is_identical_to_inline():
-    """The assignment of step k+1 solved in a worker thread during step k changes nothing, data-loader state included."""
+    """The assignment of step k+1 solved in a worker thread during step k changes nothing,
+    data-loader state included.
+    """
     runs = []
     for overlap in (False, True):
         _, step, _ = _parts("OT")

@@ -116,7 +116,7 @@ def test_records_are_written_one_window_late_unless_asked_to_wait():
     assert [s for s, _ in sink.records] == [4]
     curves.flush()
     assert [s for s, _ in sink.records] == [4, 10]
-    for (step, rec), (lo, hi) in zip(sink.records, [(0, 4), (4, 10)]):
+    for (_step, rec), (lo, hi) in zip(sink.records, [(0, 4), (4, 10)]):
         assert rec["kind"] == "train" and rec["lr"] == 0.5 and rec["mu"] == 0.0 and rec["gc_fraction"] == 0.0
         assert rec["loss"] == pytest.approx(values[lo:hi, 0].double().mean().item(), rel=1e-6)
         assert rec["grad_norm"] == pytest.approx(values[lo:hi, 1].double().mean().item(), rel=1e-6)
@@ -235,7 +235,7 @@ def test_cuda_training_records_never_wait_for_the_device():
     curves.flush()
     assert [s for s, _ in sink.records] == [1, 4, 8, 12]
     host = values.cpu().double()
-    for (step, rec), (lo, hi) in zip(sink.records[1:], [(1, 4), (4, 8), (8, 12)]):
+    for (_step, rec), (lo, hi) in zip(sink.records[1:], [(1, 4), (4, 8), (8, 12)]):
         assert rec["loss"] == pytest.approx(host[lo:hi, 0].mean().item(), rel=1e-6)
         assert rec["grad_norm"] == pytest.approx(host[lo:hi, 1].mean().item(), rel=1e-6)
 

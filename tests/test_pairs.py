@@ -107,7 +107,8 @@ def test_ot_coupling_matches_brute_force(gen):
         z = torch.randn(b, 3, generator=gen)
         perm = ot_assignment(x0, z)
         assert sorted(perm.tolist()) == list(range(b))
-        cost = lambda pi: float(((x0 - z[list(pi)]) ** 2).sum())
+        # x0 and z are bound now (default arguments), not looked up in the loop when cost is called.
+        cost = lambda pi, x0=x0, z=z: float(((x0 - z[list(pi)]) ** 2).sum())
         best = min(cost(pi) for pi in itertools.permutations(range(b)))
         assert cost(perm.tolist()) == pytest.approx(best, rel=1e-6)
         assert torch.equal(minibatch_ot_coupling(x0, z), z[perm])

@@ -115,7 +115,9 @@ def _interrupt_at(monkeypatch, step: int, how: str = "signal") -> None:
     "preset, extra", [("toy-gc", ("network.dropout=0.2",)), ("toy-ot", ("optim.name=lion", "optim.lr=1e-4"))]
 )
 def test_cli_resume_after_interrupt_is_bit_identical(tmp_path, capsys, monkeypatch, preset, extra):
-    """`gcflow train --resume` after Ctrl-C ends with the weights, EMA, optimizer and metrics of an uninterrupted run."""
+    """`gcflow train --resume` after Ctrl-C ends with the weights, EMA, optimizer and metrics of an
+    uninterrupted run.
+    """
     argv = ["train", "--no-progress", "--preset", preset, *TINY, *extra]
     assert main([*argv, "--out", str(tmp_path / "full")]) == 0
     with monkeypatch.context() as m:

@@ -99,8 +99,9 @@ class TensorBoardSink:
 
     Scalars go under their own names (`loss`, `grad_norm`, `w2`, ...), or `<kind>/<name>` when the
     record has a "kind" (`train/loss` every log_every steps, `eval/w2` at evaluations), so the two
-    losses do not share a curve; image grids under `name`, texts as markdown code blocks. With `purge_step` (a resumed run's first step), events that an
-    interrupted run wrote at or after that step are hidden, so the resumed curves do not fold back.
+    losses do not share a curve; image grids under `name`, texts as markdown code blocks. With
+    `purge_step` (a resumed run's first step), events that an interrupted run wrote at or after that
+    step are hidden, so the resumed curves do not fold back.
     """
 
     def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:

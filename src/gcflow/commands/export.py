@@ -29,6 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     weights = export_run(args.run, args.out, overwrite=args.overwrite)
     size = weights.stat().st_size / 2**20
     print(
-        f"gcflow: exported the EMA model of {args.run} to {args.out} ({weights.name}, {size:.1f} MiB; see its README.md)"
+        f"gcflow: exported the EMA model of {args.run} to {args.out} "
+        f"({weights.name}, {size:.1f} MiB; see its README.md)"
     )
     return 0

@@ -17,7 +17,8 @@ from gcflow.training.run_dir import out_path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "dataset",
-        help="dataset name (cifar10, imagenet32, imagenet32-full, celeba64, celeba64-crop140, lsun-church64, ffhq64, folder, digits, mnist, fashion-mnist)",
+        help="dataset name (cifar10, imagenet32, imagenet32-full, celeba64, celeba64-crop140, lsun-church64, ffhq64, "
+        "folder, digits, mnist, fashion-mnist)",
     )
     p.add_argument("--root", default=None, help="the dataset's directory (see the dataset's expected layout)")
     p.add_argument("--split", default="train", help="split to describe (default train, as the paper)")

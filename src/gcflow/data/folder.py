@@ -113,7 +113,8 @@ def celeba_crop(path: Path, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """The common CelebA 140×140 centre crop of a 178×218 aligned image."""
     if size != CELEBA_SIZE:
         raise DatasetError(
-            f"celeba64 expects aligned CelebA images of {CELEBA_SIZE[0]}x{CELEBA_SIZE[1]}, got {size[0]}x{size[1]}: {path}; "
+            f"celeba64 expects aligned CelebA images of {CELEBA_SIZE[0]}x{CELEBA_SIZE[1]}, "
+            f"got {size[0]}x{size[1]}: {path}; "
             "use img_align_celeba, or dataset 'folder' for other images"
         )
     w, h = size
@@ -253,7 +254,8 @@ def _load_celeba(
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise DatasetError(
-                f"{name} image missing: {missing[0]} ({len(missing)} of {len(paths)} listed in list_eval_partition.txt); "
+                f"{name} image missing: {missing[0]} "
+                f"({len(missing)} of {len(paths)} listed in list_eval_partition.txt); "
                 f"expected {layout}"
             )
     if not paths:

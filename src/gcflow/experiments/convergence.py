@@ -40,7 +40,8 @@ class ConvergenceOptions(CommonOptions):
     eval_samples: int = opt(1000, "samples per W2 evaluation (trainer)")
     seeds: tuple[int, ...] = opt(
         (0, 1, 2),
-        "training seeds (empty: just `seed`); curves are averaged over them and verdicts weigh differences against the seed-to-seed spread",
+        "training seeds (empty: just `seed`); curves are averaged over them and verdicts weigh differences against the "
+        "seed-to-seed spread",
     )
     extra: tuple[str, ...] = opt((), "further trainer overrides for every run, e.g. optim.lr=5e-4 (comma-separated)")
 
@@ -234,23 +235,28 @@ def run(options: ConvergenceOptions, out: Path) -> ExperimentReport:
     return ExperimentReport(
         title="Convergence of IC, OT, GC and oracle CD",
         summary=(
-            f"Each method is trained with the bundled trainer on `{options.data}` for {options.steps} steps (batch {options.batch_size}, seeds {', '.join(map(str, seeds))}); "
-            f"every {options.eval_every} steps we record the trainer's W2 of one-step samples and the error E‖f_θ(x_σ, σ) − f⋆(x_σ, σ)‖² of the EMA model "
+            f"Each method is trained with the bundled trainer on `{options.data}` for {options.steps} steps "
+            f"(batch {options.batch_size}, seeds {', '.join(map(str, seeds))}); "
+            f"every {options.eval_every} steps we record the trainer's W2 of one-step samples "
+            f"and the error E‖f_θ(x_σ, σ) − f⋆(x_σ, σ)‖² of the EMA model "
             f"against the exact consistency map on {len(options.sigmas)} levels."
         ),
         claims=claims(results),
         results=results,
         figures={
-            "convergence.png": "W2 of one-step samples and error to the exact map against training step; final error per σ"
+            "convergence.png": (
+                "W2 of one-step samples and error to the exact map against training step; final error per σ"
+            )
         },
         notes=[
             (
-                "One seed per method: differences of a few percent are within run-to-run noise; rerun with several seeds (seeds=0,1,2, the default) to see the spread."
+                "One seed per method: differences of a few percent are within run-to-run noise; "
+                "rerun with several seeds (seeds=0,1,2, the default) to see the spread."
                 if len(seeds) == 1
                 else f"Curves are means over seeds {seeds} (shaded: ± one standard deviation)."
             ),
-            "With minibatch OT the consistency model learns the ODE of the OT coupling's own velocity field, not the PF-ODE, so its error "
-            "to f⋆ need not vanish.",
+            "With minibatch OT the consistency model learns the ODE of the OT coupling's own velocity field, "
+            "not the PF-ODE, so its error to f⋆ need not vanish.",
             "Run folders with the final checkpoint of each method are kept under runs/.",
         ],
     )

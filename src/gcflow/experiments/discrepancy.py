@@ -45,7 +45,8 @@ SIGMA_MIN = 0.002  # the end level of the exact map f⋆ (the presets' method.si
 class DiscrepancyOptions(CommonOptions):
     data: str = opt(
         "two-modes",
-        "toy distribution; gaussian:D for N(0, 0.5²I) in D dimensions (IC and GC analytic; kernel estimate only for D <= 3)",
+        "toy distribution; gaussian:D for N(0, 0.5²I) in D dimensions "
+        "(IC and GC analytic; kernel estimate only for D <= 3)",
     )
     sigmas: tuple[float, ...] = opt((0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 80.0), "noise levels σ")
     ot_batches: tuple[int, ...] = opt((128, 512, 2048), "minibatch OT batch sizes")
@@ -304,7 +305,8 @@ def _ordering_claim(res: DiscrepancyResults, ot_labels: list[str]) -> Claim:
         verdict = "disagrees"
     return Claim(
         "R̃_GC < R̃_OT < R̃_IC (method spec §8, paper Fig. 3).",
-        f"GC < IC at {len(gc_ic)}/{n} levels; OT < IC (every b) at {len(ot_ic)}/{n}; GC (exact f⋆) < best OT at {len(gc_ot)}/{n} (σ = {levels}). "
+        f"GC < IC at {len(gc_ic)}/{n} levels; OT < IC (every b) at {len(ot_ic)}/{n}; "
+        f"GC (exact f⋆) < best OT at {len(gc_ot)}/{n} (σ = {levels}). "
         + "; ".join(
             f"σ = {sigmas[i]:g}: GC {fmt(gc[i])}, OT {fmt(ot_best[i])}…{fmt(ot_worst[i])}, IC {fmt(ic_ref[i])}"
             for i in (0, n // 2, n - 1)
@@ -316,11 +318,15 @@ def _ordering_claim(res: DiscrepancyResults, ot_labels: list[str]) -> Claim:
 def _theorem2_claim(res: DiscrepancyResults) -> Claim:
     """R̃_GC/R̃_IC shrinks with σ and is small at the largest σ."""
     ratio, sigmas = res.gc_over_ic, res.sigmas
-    # Where an estimate is below 1% of R̃_IC it is only an upper bound (the estimator's resolution); judge the trend elsewhere.
+    # Where an estimate is below 1% of R̃_IC it is only an upper bound (the estimator's resolution);
+    # judge the trend elsewhere.
     big = [i for i, s in enumerate(sigmas) if s >= LARGE_SIGMA and (res.gaussian or ratio[i] >= RESOLVED_FRACTION)]
     shrinking = all(ratio[j] <= ratio[i] * TREND_SLACK for i, j in zip(big, big[1:]))
     floor_note = "" if res.gaussian else " (ratios below 0.01 are upper bounds: the estimators' resolution)"
-    msg = f"R̃_GC/R̃_IC with the exact f⋆: {', '.join(f'{r:.2g}' for r in ratio)} at σ = {', '.join(f'{s:g}' for s in sigmas)}{floor_note}"
+    msg = (
+        f"R̃_GC/R̃_IC with the exact f⋆: {', '.join(f'{r:.2g}' for r in ratio)} "
+        f"at σ = {', '.join(f'{s:g}' for s in sigmas)}{floor_note}"
+    )
     if res.gc_model_over_ic is not None:
         msg += f"; with the trained model: {', '.join(f'{r:.2g}' for r in res.gc_model_over_ic)}"
     return Claim(
@@ -363,11 +369,14 @@ def claims(res: DiscrepancyResults, options: DiscrepancyOptions) -> list[Claim]:
 
 def _notes(res: DiscrepancyResults) -> list[str]:
     notes = [
-        "The regression estimates are held-out risks of a fitted regressor, so they are upper bounds on R̃_σ up to Monte-Carlo noise"
+        "The regression estimates are held-out risks of a fitted regressor, "
+        "so they are upper bounds on R̃_σ up to Monte-Carlo noise"
         + ("; 'best' takes the smaller of the kernel and MLP estimates per level." if res.use_kernel else "."),
         "GC pairs use μ = 1 (every pair a GC pair) so that the coupling is purely the generator-augmented one.",
-        "In low dimension a large minibatch OT coupling is close to the deterministic OT map, so z is nearly a function of x̃_σ and "
-        "R̃_OT → 0 as b grows; in high dimension (images) minibatch OT stays close to IC. Run with data=gaussian:16 to see the dimension effect.",
+        "In low dimension a large minibatch OT coupling is close to the deterministic OT map, "
+        "so z is nearly a function of x̃_σ and R̃_OT → 0 as b grows; "
+        "in high dimension (images) minibatch OT stays close to IC. "
+        "Run with data=gaussian:16 to see the dimension effect.",
     ]
     if res.model_dir is not None:
         notes.append(f"The trained predictor: {res.model_dir} (EMA weights).")
@@ -382,7 +391,8 @@ def run(options: DiscrepancyOptions, out: Path) -> ExperimentReport:
     return ExperimentReport(
         title=f"Proxy discrepancy R̃_σ per coupling ({options.data}, d = {res.dim})",
         summary=(
-            f"On `{options.data}` we estimate R̃_σ = E‖z − E[z | x̃_σ]‖² for IC, minibatch OT (b = {', '.join(map(str, options.ot_batches))})"
+            f"On `{options.data}` we estimate R̃_σ = E‖z − E[z | x̃_σ]‖² for IC, "
+            f"minibatch OT (b = {', '.join(map(str, options.ot_batches))})"
             + (", GC with a trained model" if model_dir is not None else "")
             + " and GC with the exact f⋆: exactly for IC (oracle velocity)"
             + (" and GC (closed form for a Gaussian)" if res.gaussian else "")

@@ -56,7 +56,8 @@ def _gaussian_claim(options: ExactMapOptions, tol: ODETolerance, results: dict[s
     results["gaussian_max_error"] = err_g
     return Claim(
         "For N(m, s²I), f⋆(x, σ) = m + sqrt((s² + σ_min²)/(s² + σ²)) (x − m).",
-        f"max ‖dopri5 − closed form‖ over {options.n_check} points with σ ∈ [0.005, 80]: {fmt(err_g)} (rtol {options.rtol:g}).",
+        f"max ‖dopri5 − closed form‖ over {options.n_check} points with σ ∈ [0.005, 80]: "
+        f"{fmt(err_g)} (rtol {options.rtol:g}).",
         "agrees" if err_g < SOLVER_SLACK * options.rtol else "disagrees",
     )
 
@@ -86,7 +87,8 @@ def _mixture_claim(options: ExactMapOptions, tol: ODETolerance, results: dict[st
         "The adaptive solve agrees with fine fixed-step integration on mixtures.",
         "; ".join(
             f"{k}: max {fmt(r['max_error'])}, 99% {fmt(r['q99_error'])}, median {fmt(r['median_error'])} "
-            f"(RK4 {options.fixed_steps} vs {options.fixed_steps // 2} steps differ by {fmt(r['reference_self_error'])})"
+            f"(RK4 {options.fixed_steps} vs {options.fixed_steps // 2} steps "
+            f"differ by {fmt(r['reference_self_error'])})"
             for k, r in results["mixtures"].items()
         ),
         "agrees" if worst < SOLVER_SLACK * options.rtol else "disagrees",
@@ -122,8 +124,10 @@ def _speed_claim(options: ExactMapOptions, tol: ODETolerance, results: dict[str,
     }
     return Claim(
         "f⋆ is fast enough to map thousands of points in seconds (2-D) and the 1797-point digits distribution in 64-D.",
-        f"{options.n_speed} grid25 points in {t_2d:.1f} s (rtol {options.rtol:g}); {options.n_digits} digits points (64-D, K = 1797) "
-        f"in {t_64:.1f} s ({counter['n']} denoiser calls, rtol {options.digits_rtol:g}), on {torch.get_num_threads()} thread(s).",
+        f"{options.n_speed} grid25 points in {t_2d:.1f} s (rtol {options.rtol:g}); "
+        f"{options.n_digits} digits points (64-D, K = 1797) "
+        f"in {t_64:.1f} s ({counter['n']} denoiser calls, rtol {options.digits_rtol:g}), "
+        f"on {torch.get_num_threads()} thread(s).",
         "agrees" if t_2d < FAST_2D_SECONDS and t_64 < FAST_64D_SECONDS else "disagrees",
     )
 
@@ -155,16 +159,20 @@ def run(options: ExactMapOptions, out: Path) -> ExperimentReport:
     return ExperimentReport(
         title="The exact consistency map f⋆",
         summary=(
-            "f⋆(x, σ) integrates the PF-ODE dx/dσ = (x − D⋆(x, σ))/σ down to σ_min = 0.002 with torchdiffeq's dopri5 in log σ, "
-            "with per-sample error control. We check it against the closed form for one Gaussian and fine RK4 integration for mixtures, and time it."
+            "f⋆(x, σ) integrates the PF-ODE dx/dσ = (x − D⋆(x, σ))/σ down to σ_min = 0.002 "
+            "with torchdiffeq's dopri5 in log σ, with per-sample error control. "
+            "We check it against the closed form for one Gaussian and fine RK4 integration for mixtures, and time it."
         ),
         claims=claims,
         results=results,
         figures={
-            "exact_map_grid25.png": "grid25: noisy points (grey) and their exact consistency images f⋆ (blue) at σ = 0.1, 0.5, 2"
+            "exact_map_grid25.png": (
+                "grid25: noisy points (grey) and their exact consistency images f⋆ (blue) at σ = 0.1, 0.5, 2"
+            )
         },
         notes=[
-            "Mixture errors are largest for the few points that sit near a boundary between modes at small σ, where f⋆ is discontinuous in the limit "
-            "and any integrator's error is amplified; the 99% quantile and the median show the typical accuracy."
+            "Mixture errors are largest for the few points that sit near a boundary between modes at small σ, "
+            "where f⋆ is discontinuous in the limit and any integrator's error is amplified; "
+            "the 99% quantile and the median show the typical accuracy."
         ],
     )

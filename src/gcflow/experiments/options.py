@@ -36,7 +36,8 @@ def parse_options(cls: type, overrides: list[str], experiment: str) -> Any:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(
-                f"experiment option {item!r} is not of the form key=value; see 'gcflow experiment {experiment} --options'"
+                f"experiment option {item!r} is not of the form key=value; "
+                f"see 'gcflow experiment {experiment} --options'"
             )
         key, text = item.split("=", 1)
         key = key.strip()

@@ -179,8 +179,10 @@ def _limit_claim(r: dict[str, Any], ns: list[int]) -> Claim:
     last = r["rel_error"][-1]
     conv = last < CONVERGED_REL_ERROR and r["rel_error"][-1] < r["rel_error"][0]
     return Claim(
-        f"{r['distance']}: N^α (L_CT − L_CD) → C T^{{α−1}} R(θ) with C = {fmt(r['C'])}, α = {r['alpha']:g} (Theorem 1).",
-        f"N^α ΔL = {fmt(r['scaled_gap'][0])} at N = {ns[0]}, {fmt(r['scaled_gap'][-1])} at N = {ns[-1]}; predicted limit {fmt(r['limit'])} "
+        f"{r['distance']}: N^α (L_CT − L_CD) → C T^{{α−1}} R(θ) "
+        f"with C = {fmt(r['C'])}, α = {r['alpha']:g} (Theorem 1).",
+        f"N^α ΔL = {fmt(r['scaled_gap'][0])} at N = {ns[0]}, {fmt(r['scaled_gap'][-1])} at N = {ns[-1]}; "
+        f"predicted limit {fmt(r['limit'])} "
         f"(MC ±{fmt(r['limit_stderr'])}); relative error {fmt(r['rel_error'][0])} → {fmt(last)}.",
         "agrees" if conv else ("inconclusive" if _decreasing(r["rel_error"][-TREND_POINTS:]) else "disagrees"),
     )
@@ -192,10 +194,13 @@ def _gradient_claim(r: dict[str, Any]) -> Claim:
     expect_agree = r["alpha"] == 2
     finite_agree = g["noise_ratio"][-1] < g["threshold"]
     return Claim(
-        f"{r['distance']}: scaled gradients N^{{α−1}}∇L_CT and N^{{α−1}}∇L_CD {'agree' if expect_agree else 'differ'} in the limit (α = {r['alpha']:g}).",
-        f"gap/noise ratio {fmt(g['noise_ratio'][0])} at N = {g['ns'][0]} → {fmt(g['noise_ratio'][-1])} at N = {g['ns'][-1]}, "
+        f"{r['distance']}: scaled gradients N^{{α−1}}∇L_CT and N^{{α−1}}∇L_CD "
+        f"{'agree' if expect_agree else 'differ'} in the limit (α = {r['alpha']:g}).",
+        f"gap/noise ratio {fmt(g['noise_ratio'][0])} at N = {g['ns'][0]} → "
+        f"{fmt(g['noise_ratio'][-1])} at N = {g['ns'][-1]}, "
         f"{fmt(g['limit_noise_ratio'])} for the limit (≈ 1: within noise; threshold {g['threshold']:g}); "
-        f"debiased relative gap {fmt(g['rel_gap_debiased'][-1])} at N = {g['ns'][-1]}, {fmt(g['limit_rel_gap_debiased'])} in the limit."
+        f"debiased relative gap {fmt(g['rel_gap_debiased'][-1])} at N = {g['ns'][-1]}, "
+        f"{fmt(g['limit_rel_gap_debiased'])} in the limit."
         + (
             ""
             if finite_agree == g["agree"]
@@ -224,23 +229,29 @@ def run(options: Theorem1Options, out: Path) -> ExperimentReport:
     draw_figures(res, out)
     ns, origin, sigma_min = res.ns, res.origin, res.sigma_min
     notes = [
-        f"The fixed network is {origin}, run in float64; L_CD uses the exact velocity of {options.data}; λ ≡ 1; σ_t = t on [{sigma_min}, {options.t_hi}].",
-        "Common random numbers: every N uses the same (x⋆, z, u) with level index ⌊uN⌋, and the limit uses t = σ_min + uT on the same samples, "
+        f"The fixed network is {origin}, run in float64; L_CD uses the exact velocity of {options.data}; "
+        f"λ ≡ 1; σ_t = t on [{sigma_min}, {options.t_hi}].",
+        "Common random numbers: every N uses the same (x⋆, z, u) with level index ⌊uN⌋, "
+        "and the limit uses t = σ_min + uT on the same samples, "
         "so the relative error measures discretisation only; the MC ± is the sampling error of R(θ) itself.",
-        "Pseudo-Huber is α = 2 only once Δ‖∂f‖ ≪ c; with the iCT constant c = 0.00054·sqrt(d) (7.6e-4 in 2-D) that needs N ≫ T‖∂f‖/c, far beyond 1280, "
+        "Pseudo-Huber is α = 2 only once Δ‖∂f‖ ≪ c; with the iCT constant c = 0.00054·sqrt(d) (7.6e-4 in 2-D) "
+        "that needs N ≫ T‖∂f‖/c, far beyond 1280, "
         "so at practical N it behaves like the α = 1 norm (its gap grows like N and its gradients disagree).",
     ]
     return ExperimentReport(
         title="Theorem 1: the CT/CD discrepancy survives the continuous-time limit",
         summary=(
-            f"For {origin} on `{options.data}`, we measure N^α (L_CT − L_CD) on equally spaced grids N = {ns[0]} … {ns[-1]} "
+            f"For {origin} on `{options.data}`, we measure N^α (L_CT − L_CD) "
+            f"on equally spaced grids N = {ns[0]} … {ns[-1]} "
             f"with {options.samples} common random triples, and the predicted limit C T^{{α−1}} R(θ) from forward-mode "
             "Jacobian-vector products; then the scaled gradients of both losses."
         ),
         claims=claims(res),
         results=res.to_dict(),
         figures={
-            "theorem1_convergence.png": "N^α(L_CT − L_CD) relative to its predicted limit, and the relative error, against N",
+            "theorem1_convergence.png": (
+                "N^α(L_CT − L_CD) relative to its predicted limit, and the relative error, against N"
+            ),
             "theorem1_gradients.png": "scaled-gradient gap between CT and CD relative to Monte-Carlo noise, against N",
         },
         notes=notes,

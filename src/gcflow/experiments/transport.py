@@ -90,7 +90,8 @@ def _model_dir(options: TransportOptions, out: Path) -> Path:
 def measure(options: TransportOptions, out: Path) -> tuple[dict[str, Any], Path]:
     """(results, the trained model's folder): IC and OT costs and the GC curves, on the toy and (optionally) the digits.
 
-    results = {"sigmas", "toy": {"IC", "OT b=…", "GC exact", "GC model"}, ["digits": {"IC", "OT b=…", "sigmas", "GC exact"}]}.
+    results = {"sigmas", "toy": {"IC", "OT b=…", "GC exact", "GC model"},
+               ["digits": {"IC", "OT b=…", "sigmas", "GC exact"}]}.
     """
     mix = toy(options.data)
     sigmas = _levels(options.levels)
@@ -163,7 +164,8 @@ def _data_claims(r: dict[str, Any], title: str, sig: list[float], batches: tuple
     # c(σ_min) is the IC cost by construction (f(x, σ_min) = x), so GC can only undercut OT at larger σ.
     gc_claim = Claim(
         f"{title}: GC transports less than OT, which transports less than IC (c(σ) below the OT cost).",
-        f"c(σ) with f⋆ ranges {fmt(min(gc))} … {fmt(max(gc))} (minimum at σ = {gmin_sigma:.3g}); below the best OT cost {fmt(best_ot)} "
+        f"c(σ) with f⋆ ranges {fmt(min(gc))} … {fmt(max(gc))} (minimum at σ = {gmin_sigma:.3g}); "
+        f"below the best OT cost {fmt(best_ot)} "
         f"for {len(below)} of {len(gc)} levels"
         + (f" (σ ≥ {min(below):.3g})" if below else "")
         + f"; c(σ_min) = {fmt(gc[0])} vs IC {fmt(ic)} "
@@ -176,7 +178,8 @@ def _data_claims(r: dict[str, Any], title: str, sig: list[float], batches: tuple
     dec_hi = all(b <= a * DECREASE_SLACK for a, b in zip(gc[-n_end:], gc[-n_end + 1 :]))
     shape_claim = Claim(
         f"{title}: c(σ) decreases near σ_min and for large σ.",
-        f"c = {fmt(gc[0])}, {fmt(gc[1])}, {fmt(gc[2])} at the three smallest σ; {', '.join(fmt(v) for v in gc[-n_end:])} at the {n_end} largest.",
+        f"c = {fmt(gc[0])}, {fmt(gc[1])}, {fmt(gc[2])} at the three smallest σ; "
+        f"{', '.join(fmt(v) for v in gc[-n_end:])} at the {n_end} largest.",
         "agrees" if dec_lo and dec_hi else ("partly" if dec_lo or dec_hi else "disagrees"),
     )
     return [ot_claim, gc_claim, shape_claim]
@@ -195,7 +198,8 @@ def claims(options: TransportOptions, results: dict[str, Any]) -> list[Claim]:
     out.append(
         Claim(
             "A trained GC model's curve follows the exact one (how close the model is to f⋆ along the path).",
-            f"{options.data}: max relative deviation of c(σ), trained model vs f⋆: {fmt(dev)}; at σ = 80: {fmt(mc[-1])} vs {fmt(ex[-1])}.",
+            f"{options.data}: max relative deviation of c(σ), trained model vs f⋆: {fmt(dev)}; "
+            f"at σ = 80: {fmt(mc[-1])} vs {fmt(ex[-1])}.",
             "measured",
         )
     )
@@ -209,8 +213,10 @@ def run(options: TransportOptions, out: Path) -> ExperimentReport:
     return ExperimentReport(
         title="Transport cost of the couplings",
         summary=(
-            f"Mean squared distance between each trajectory end and its noise: IC, minibatch OT (b = {', '.join(map(str, options.ot_batches))}) "
-            f"and the GC curve c(σ) = E‖f(x⋆ + σz, σ) − z‖² on {options.levels} levels in [σ_min, 80], with the exact f⋆ and with a trained model"
+            f"Mean squared distance between each trajectory end and its noise: IC, "
+            f"minibatch OT (b = {', '.join(map(str, options.ot_batches))}) "
+            f"and the GC curve c(σ) = E‖f(x⋆ + σz, σ) − z‖² on {options.levels} levels in [σ_min, 80], "
+            f"with the exact f⋆ and with a trained model"
             + (
                 ", on the 2-D toy and on the 64-D digits (exact f⋆ of the empirical distribution)."
                 if options.digits
@@ -222,7 +228,8 @@ def run(options: TransportOptions, out: Path) -> ExperimentReport:
         figures={"transport.png": "transport cost: IC and minibatch OT (horizontal lines) and the GC curve c(σ)"},
         notes=[
             f"The trained model: {model_dir} (EMA weights).",
-            "For an empirical (Dirac) distribution and σ below the spacing of the data, f⋆(x⋆ + σz, σ) = x⋆ + σ_min z exactly, so c(σ) is flat "
-            "near σ_min (it cannot decrease there); for data with a density it decreases from the IC cost.",
+            "For an empirical (Dirac) distribution and σ below the spacing of the data, "
+            "f⋆(x⋆ + σz, σ) = x⋆ + σ_min z exactly, so c(σ) is flat near σ_min (it cannot decrease there); "
+            "for data with a density it decreases from the IC cost.",
         ],
     )

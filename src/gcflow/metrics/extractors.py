@@ -34,7 +34,8 @@ def build_extractor(
     if kind == "inception":
         if inception_weights is None:
             raise MetricError(
-                "Inception features need --inception-weights PATH (torch-fidelity's pt_inception-2015-12-05 weights file)"
+                "Inception features need --inception-weights PATH "
+                "(torch-fidelity's pt_inception-2015-12-05 weights file)"
             )
         from gcflow.metrics.inception import InceptionExtractor
 

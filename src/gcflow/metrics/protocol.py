@@ -5,12 +5,12 @@ An *extractor* is any object with a `name: str` and a method
 `inception.InceptionExtractor` (FID/KID/IS on natural images) and
 `classifier.ClassifierExtractor` (a small CNN for 8×8 digits, MNIST, Fashion-MNIST) both are.
 
-Protocol (the paper's Table 1: 50 000 samples, mean ± std of 5 draws): `draws` independent draws of `num_samples` images each; draw j
-generates image i from seed `seed_offset + j·num_samples + i` (so draws never share a seed and
-sample i depends only on its seed). Each draw gets a Fréchet distance against the reference
-statistics, a KID against the stored reference features (if any) and an Inception Score of its
-own logits (if the extractor gives logits); the report is the mean and the population std
-(ddof = 0) of the per-draw values.
+Protocol (the paper's Table 1: 50 000 samples, mean ± std of 5 draws): `draws` independent draws
+of `num_samples` images each; draw j generates image i from seed `seed_offset + j·num_samples + i`
+(so draws never share a seed and sample i depends only on its seed). Each draw gets a Fréchet
+distance against the reference statistics, a KID against the stored reference features (if any)
+and an Inception Score of its own logits (if the extractor gives logits); the report is the mean
+and the population std (ddof = 0) of the per-draw values.
 
 Reference statistics are computed once per (dataset, extractor) and stored as an `.npz`
 (`allow_pickle=False`) with a JSON sidecar `<file>.npz.json` holding the dataset name, the number of

@@ -63,7 +63,9 @@ class TheoremDistance:
 
 
 def theorem_distance(name: str, dim: int, huber_c: float | None = None) -> TheoremDistance:
-    """The named distance (or alias) on dimension `dim`; pseudo-Huber uses c = 0.00054·sqrt(d) unless `huber_c` is given."""
+    """The named distance (or alias) on dimension `dim`; pseudo-Huber uses c = 0.00054·sqrt(d)
+    unless `huber_c` is given.
+    """
     if name == "pseudo_huber":
         c = pseudo_huber_c(dim) if huber_c is None else float(huber_c)
         return TheoremDistance(name, lambda a, b: pseudo_huber(a, b, c), 1.0 / (2.0 * c), 2.0)

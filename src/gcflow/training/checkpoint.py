@@ -5,10 +5,10 @@ safetensors header metadata holds one JSON document (`gcflow`) with the step, th
 the optimizer's hyper-parameters, the data-loader state, a SHA-256 checksum of all tensor bytes and
 one of the metadata itself. (Random draws need no saved state: they are pure functions of
 (seed, step, stream), see gcflow.randomness.) Writes are atomic (temporary file, flush, fsync,
-rename), so a crash leaves either the old file set or the new one; loads verify the checksum and fall back to the previous
-good checkpoint when the newest is truncated or corrupt. A write killed before its rename leaves
-only a hidden temporary file (`.ckpt-<step>.safetensors.tmp-<pid>`), which loading ignores and the
-next write removes.
+rename), so a crash leaves either the old file set or the new one; loads verify the checksum and
+fall back to the previous good checkpoint when the newest is truncated or corrupt. A write killed
+before its rename leaves only a hidden temporary file (`.ckpt-<step>.safetensors.tmp-<pid>`),
+which loading ignores and the next write removes.
 
 Nothing here unpickles: a pickle or `torch.save` file, whatever its name, is refused with a
 one-line CheckpointError before any of it is interpreted.

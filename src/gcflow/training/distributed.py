@@ -147,7 +147,9 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
 
 
 def device_for(world: World, name: str) -> torch.device:
-    """The device of this process for train.device=`name`: with several CUDA processes, process r of a node takes cuda:LOCAL_RANK."""
+    """The device of this process for train.device=`name`: with several CUDA processes, process r of
+    a node takes cuda:LOCAL_RANK.
+    """
     dev = resolve_device(name)
     if not world.distributed or dev.type != "cuda":
         return dev
@@ -159,7 +161,8 @@ def device_for(world: World, name: str) -> torch.device:
     count = torch.cuda.device_count()
     if world.local_rank >= count:
         raise ConfigError(
-            f"LOCAL_RANK={world.local_rank} but this node has {count} CUDA devices; use torchrun --nproc-per-node={count} or fewer"
+            f"LOCAL_RANK={world.local_rank} but this node has {count} CUDA devices; "
+            f"use torchrun --nproc-per-node={count} or fewer"
         )
     torch.cuda.set_device(world.local_rank)
     return torch.device("cuda", world.local_rank)

@@ -43,7 +43,8 @@ def fixed_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype of a fixed train.precision (fp32, bf16, fp16); bf16 on a CUDA device without it is an error."""
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(
-            f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support; use train.precision=fp32"
+            f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+            "use train.precision=fp32"
         )
     return DTYPES[name]
 

@@ -70,7 +70,9 @@ def load_model_for_inference(path: Path | str, device: torch.device | str = "cpu
 
 
 def checkpoint_to_load(path: Path) -> ckpt.Checkpoint:
-    """The checkpoint `load_run` reads: the file itself, or a run folder's newest good one (matching its config.json)."""
+    """The checkpoint `load_run` reads: the file itself, or a run folder's newest good one
+    (matching its config.json).
+    """
     if not path.exists():
         raise ckpt.CheckpointError(f"{path} is not a gcflow run folder or checkpoint file (it does not exist)")
     if not path.is_dir():

@@ -17,7 +17,8 @@ composes library parts (sigmas, pairs, loss, EMA); what it adds is scheduling:
   within B/W samples, not B).
 * **Mixed precision and layout.** The network passes (teacher, student, GC predictor) run under
   bf16/fp16 autocast as train.precision says (auto: bf16 while its check passes, see
-  precision_policy.py); the preconditioning's skip path, the distance and the loss stay in float32. The predictor and teacher passes run under no_grad.
+  precision_policy.py); the preconditioning's skip path, the distance and the loss stay in float32.
+  The predictor and teacher passes run under no_grad.
 * **Few shapes for the GC predictor.** It runs on the μ-selected rows only (a binomial number of
   them); on CUDA those rows are padded to a multiple of b/16, so cuDNN autotuning and
   torch.compile meet ~4 batch sizes instead of ~70 (at most b/16 − 1 extra rows per step).
