@@ -80,6 +80,15 @@ _PAPER_COMMON = (
     "train.log_every=100",
 )
 
+# CelebA 64x64 as released; LSUN Church (no released config) reuses it word for word.
+_CELEBA64_SETTINGS = (
+    "network.channel_mult=1,2,2,2",
+    "network.num_blocks=3,3,4,5",
+    "network.attn_resolutions=none",
+    "train.batch_size=128",
+    "train.steps=150000",
+    "optim.lr=8e-5",
+)
 _SETTINGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "cifar10": (
         "CIFAR-10 32x32",
@@ -110,28 +119,12 @@ _SETTINGS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "celeba64": (
         "CelebA 64x64",
-        (
-            "data.name=celeba64",
-            "network.channel_mult=1,2,2,2",
-            "network.num_blocks=3,3,4,5",
-            "network.attn_resolutions=none",
-            "train.batch_size=128",
-            "train.steps=150000",
-            "optim.lr=8e-5",
-        ),
+        ("data.name=celeba64", *_CELEBA64_SETTINGS),
         "0,0,0.2,0.2",
     ),
     "lsun-church64": (
         "LSUN Church 64x64 (CelebA-64 settings; no released config)",
-        (
-            "data.name=lsun-church64",
-            "network.channel_mult=1,2,2,2",
-            "network.num_blocks=3,3,4,5",
-            "network.attn_resolutions=none",
-            "train.batch_size=128",
-            "train.steps=150000",
-            "optim.lr=8e-5",
-        ),
+        ("data.name=lsun-church64", *_CELEBA64_SETTINGS),  # LSUN Church has no released config
         "0,0,0.2,0.2",
     ),
 }
