@@ -7,6 +7,7 @@ Dropout is 0 (its seed is per process, so with dropout the runs would differ by 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 
 from gcflow.training import checkpoint as ckpt
 from gcflow.training.config import ConfigError, apply_overrides
@@ -61,6 +63,11 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, overri
     torch.set_num_threads(1)
     cfg = apply_overrides(load_preset("toy-gc"), overrides)
     res = train(cfg, Path(run_dir), **QUIET)
+    # No DistributedDataParallel wrapper outlives the run's process group: freed later by the garbage
+    # collector, its reducer would destroy the group while holding the GIL and deadlock with a gloo
+    # worker thread (a hang seen in CI). Checked before anything here runs a collection.
+    leftover = [type(o).__name__ for o in gc.get_objects() if isinstance(o, DistributedDataParallel)]
+    Path(out_dir, f"leftover{rank}.json").write_text(json.dumps(leftover))
     save_file(_states(res), str(Path(out_dir, f"rank{rank}.safetensors")))
     Path(out_dir, f"summary{rank}.json").write_text(json.dumps(res.summary, sort_keys=True))
 
@@ -79,6 +86,7 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 
 def test_two_processes_train_the_single_process_run(tmp_path):
     out = _spawn(tmp_path, TINY)
     r0, r1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    assert [json.loads((out / f"leftover{r}.json").read_text()) for r in (0, 1)] == [[], []]
     # DDP keeps the processes bit-identical: same gradients, same updates, same EMA.
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     summary = json.loads((out / "summary0.json").read_text())

@@ -21,6 +21,7 @@ backends when CUDA is available, so small control messages always travel as CPU 
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -181,15 +182,25 @@ def process_group(world: World) -> Iterator[World]:
 
     A group that is already initialised (e.g. by a user's own script) is used as it is and left open.
     """
-    if not world.distributed or dist.is_initialized():
+    if not world.distributed:
         yield world
         return
-    minutes = float(os.environ.get(TIMEOUT_ENV, "60"))
-    dist.init_process_group(backend(), rank=world.rank, world_size=world.size, timeout=timedelta(minutes=minutes))
+    owned = not dist.is_initialized()
+    if owned:
+        minutes = float(os.environ.get(TIMEOUT_ENV, "60"))
+        dist.init_process_group(backend(), rank=world.rank, world_size=world.size, timeout=timedelta(minutes=minutes))
     try:
         yield world
     finally:
-        dist.destroy_process_group()
+        # DistributedDataParallel's reducer holds a reference to the group and sits in a reference
+        # cycle, so the cyclic garbage collector frees it at some later moment. Freed after the group
+        # is destroyed (by us, or by the script that owns the group), it would drop the group's last
+        # reference while holding the GIL: the group's destructor then joins a gloo worker thread
+        # that needs the GIL, a deadlock (a hang, or "terminate called without an active exception"
+        # at exit). Collect it now, while the group is registered, so that destroying the group frees it.
+        gc.collect()
+        if owned:
+            dist.destroy_process_group()
 
 
 def split_global_batch(batch_size: int, world_size: int) -> int:
