@@ -1,13 +1,14 @@
 """The paper's image claims on CPU-sized real images: the driver of issue 15's studies (resumable).
 
-    python benchmarks/image_claims.py [--studies budget mu ablations fashion] [--workers 2]
+    python benchmarks/image_claims.py [--studies budget mu ablations fashion ect] [--workers 2]
                                       [--fashion-root DIR] [--steps N] [--report-only]
 
 Studies (each is also `gcflow experiment NAME key=value ...`):
 * budget: one long digits-ic run (--budget-steps, evaluated every 500 steps), to see where IC flattens;
 * mu: `images-mu` on digits (IC, GC μ = 0.3, 0.5, 0.7, 1, OT; seeds 0, 1, 2);
 * ablations: `images-ablations` on digits (EMA vs online predictor, frozen IC predictors, dropout);
-* fashion: `images-fashion`, Fashion-MNIST at 14×14 (IC, GC μ = 0.5, OT; seeds 0, 1, 2).
+* fashion: `images-fashion`, Fashion-MNIST at 14×14 (IC, GC μ = 0.5, OT; seeds 0, 1, 2);
+* ect: `images-ect` on digits, the ECT setting: one digits-edm teacher, then ECT-IC and ECT-GC (μ = 0.3).
 
 Every finished run is cached as JSON under benchmarks/results/image_claims/<data>/ (commit these);
 run folders go to runs/image_claims/ (scratch). Run the same command again after an interruption:
@@ -43,6 +44,8 @@ PAGE = ROOT / "docs" / "image_claims.md"
 DIGITS_STEPS = 5000
 # fashion14-gc measured 0.20 CPU s/step: the 9-run study at 4000 steps is ~60 min on 2 cores.
 FASHION_STEPS = 4000
+# ECT setting: the teacher study's 1500-step digits-edm teacher, tuned 2000 steps (4 stages of 500).
+ECT_STEPS, TEACHER_STEPS = 2000, 1500
 
 
 def parse() -> argparse.Namespace:
@@ -50,13 +53,15 @@ def parse() -> argparse.Namespace:
     p.add_argument(
         "--studies",
         nargs="+",
-        default=["budget", "mu", "ablations", "fashion"],
-        choices=["budget", "mu", "ablations", "fashion"],
+        default=["budget", "mu", "ablations", "fashion", "ect"],
+        choices=["budget", "mu", "ablations", "fashion", "ect"],
     )
     p.add_argument("--workers", type=int, default=2, help="runs at once, one process and one thread each")
     p.add_argument("--steps", type=int, default=DIGITS_STEPS, help="digits study budget")
     p.add_argument("--budget-steps", type=int, default=10000, help="length of the long digits-ic run")
     p.add_argument("--fashion-steps", type=int, default=FASHION_STEPS)
+    p.add_argument("--ect-steps", type=int, default=ECT_STEPS, help="tuning budget of the ECT study")
+    p.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS, help="diffusion teacher of the ECT study")
     p.add_argument("--fashion-root", default="", help="folder with Fashion-MNIST's idx files")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--report-only", action="store_true", help="write the reports from the cached runs; train nothing")
@@ -102,6 +107,9 @@ def options(args: argparse.Namespace) -> dict[str, images_mu.ImagesOptions]:
             eval_samples=args.eval_samples,
         ),
     }
+    out["ect"] = images_mu.EctOptions(
+        **digits, steps=args.ect_steps, eval_every=min(200, args.ect_steps), teacher_steps=args.teacher_steps
+    )
     out["budget"].seeds = (0,)
     return {k: v for k, v in out.items() if k in args.studies}
 
@@ -111,6 +119,8 @@ def plans(opts: dict[str, images_mu.ImagesOptions]) -> dict[str, list[RunSpec]]:
     for name, o in opts.items():
         if name == "ablations":
             out[name] = images_mu.plan_ablations(o)  # type: ignore[arg-type]
+        elif name == "ect":
+            out[name] = images_mu.plan_ect(o)  # type: ignore[arg-type]
         else:
             specs = images_mu.plan_mu(o)
             out[name] = (
@@ -139,6 +149,7 @@ def report(name: str, o: images_mu.ImagesOptions, specs: list[RunSpec], command:
         rec = load_cached(s, paths)
         if rec is not None:
             by_label.setdefault(s.label, []).append(rec)
+    by_label.pop(images_mu.TEACHER_LABEL, None)  # the ECT study's shared teacher is not a method
     out = RESULTS / name
     out.mkdir(parents=True, exist_ok=True)
     ref = "IC long" if name == "budget" else "IC"
@@ -154,6 +165,8 @@ def report(name: str, o: images_mu.ImagesOptions, specs: list[RunSpec], command:
         claims = image_analysis.mu_claims(summaries)
     rep: ExperimentReport = images_mu._report(f"{name}: {o.preset}", o, by_label, claims, summaries, out)
     seeds_done = {k: len(v) for k, v in by_label.items()}
+    if name == "ect":
+        rep.notes.append(images_mu.ECT_NOTE)
     rep.notes.append(f"Runs finished per method: {seeds_done} of {len(o.seeds)} seed(s) planned.")
     write_report(out, f"images-{name}", command, jsonable(as_dict(o)), rep, 0.0)
     FIGURES.mkdir(parents=True, exist_ok=True)
@@ -178,7 +191,7 @@ Running, resuming, reusing:
 * All studies: `python benchmarks/image_claims.py --fashion-root DIR` (two runs at once, one thread each;
   `--studies mu` for one study, `--report-only` to rewrite the reports from the runs cached so far).
   After an interruption run the same command: cached runs are skipped, a run cut off mid-way restarts.
-* One study as an experiment: `gcflow experiment images-mu` (and `images-ablations`, `images-fashion
+* One study as an experiment: `gcflow experiment images-mu` (and `images-ablations`, `images-ect`, `images-fashion
   root=DIR`), writing `results.json`, `report.md` and `curves.png` into `--out`.
 * Your data and a GPU: any preset family works, e.g. `gcflow experiment images-mu preset=mnist
   root=DIR device=cuda steps=20000 eval_every=1000 workers=1` (the family needs `-ic`, `-gc`, `-ot`
@@ -199,6 +212,7 @@ def write_page() -> None:
         ("mu", "μ sweep on 8×8 digits"),
         ("ablations", "Ablations on 8×8 digits"),
         ("fashion", "Fashion-MNIST 14×14"),
+        ("ect", "ECT setting on 8×8 digits (tuned from a diffusion teacher)"),
     ):
         path = RESULTS / name / "results.json"
         if not path.is_file():

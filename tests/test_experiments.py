@@ -62,6 +62,7 @@ TINY: dict[str, list[str]] = {
     "images-mu": ["steps=4", "eval_every=2", "seeds=0", "mus=0,0.5", "ot=false", "workers=1", "eval_samples=32"],
     "images-ablations": ["steps=4", "eval_every=2", "seeds=0", "workers=1", "eval_samples=32"],
     "images-fashion": ["preset=digits", "steps=4", "eval_every=2", "seeds=0", "workers=1", "eval_samples=32"],
+    "images-ect": ["steps=4", "eval_every=2", "teacher_steps=4", "seeds=0", "workers=1", "eval_samples=32"],
 }
 FAST = {"exact-map", "theorem1"}
 

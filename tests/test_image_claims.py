@@ -198,3 +198,42 @@ def test_fashion14_presets_and_classifier_preset() -> None:
     assert PRESETS[preset_name("fashion-mnist", 14)].config.image_size == 14
     assert preset_name("fashion-mnist", 28) == "fashion-mnist"  # existing settings and cache keys unchanged
     assert preset_name("mnist", 14) == "mnist" and preset_name("digits", 8) == "digits"
+
+
+def test_ect_plan_trains_one_teacher_first_or_uses_a_given_one() -> None:
+    o = images_mu.EctOptions(steps=400, eval_every=100, seeds=(0, 1), teacher_steps=300)
+    specs = images_mu.plan_ect(o)
+    assert [s.name for s in specs] == ["teacher", "ic-ect-seed0", "ic-ect-seed1", "gc0.3-ect-seed0", "gc0.3-ect-seed1"]
+    teacher, tuned = specs[0], specs[1:]
+    assert teacher.preset == "digits-edm" and teacher.keep_steps == (300,) and "train.steps=300" in teacher.overrides
+    assert not any(x.startswith("train.steps=400") for x in teacher.overrides)  # the tuning budget is not its
+    assert all(s.needs() == [("teacher", 300)] for s in tuned)
+    assert {s.preset for s in tuned} == {"digits-ect-ic", "digits-ect-gc"}
+    assert [s.label for s in tuned] == ["IC", "IC", "GC μ=0.3", "GC μ=0.3"]  # the names mu_claims compares
+    given = images_mu.plan_ect(images_mu.EctOptions(steps=400, eval_every=100, seeds=(0,), teacher="t.safetensors"))
+    assert [s.name for s in given] == ["ic-ect-seed0", "gc0.3-ect-seed0"]
+    assert all("method.init_from=t.safetensors" in s.overrides and not s.needs() for s in given)
+
+
+@pytest.mark.slow
+def test_tiny_ect_study_tunes_from_the_trained_teacher(tmp_path: Path) -> None:
+    """Real training: a 4-step teacher, then ECT-IC and ECT-GC runs that start from its weights."""
+    import torch
+
+    from gcflow.training.builders import build_model
+    from gcflow.training.config import from_dict
+    from gcflow.training.run_state import load_run
+    from gcflow.training.teacher_source import init_from_teacher
+
+    o = images_mu.EctOptions(steps=4, eval_every=2, teacher_steps=4, seeds=(0,), workers=1, eval_samples=32)
+    rep = images_mu.run_ect(o, tmp_path)
+    assert set(rep.results["runs"]) == {"ic-ect-seed0", "gc0.3-ect-seed0"}  # the teacher is not a method
+    assert images_mu.ECT_NOTE in rep.notes and rep.claims
+    teacher_ckpt = tmp_path / "runs" / "teacher" / "checkpoints" / "ckpt-00000004.safetensors"
+    config = json.loads((tmp_path / "runs" / "ic-ect-seed0" / "config.json").read_text())
+    assert config["method"]["pairs"] == "ect" and config["method"]["init_from"] == str(teacher_ckpt.resolve())
+    # The path the study passed starts a model of the tuned run's config from the teacher's raw network.
+    cfg = from_dict(config)
+    student = init_from_teacher(build_model(cfg, (1, 8, 8), 0), cfg.method.init_from)
+    teacher = load_run(teacher_ckpt).model
+    assert all(torch.equal(v, teacher.net.state_dict()[k]) for k, v in student.net.state_dict().items())

@@ -49,6 +49,10 @@ EXPERIMENTS: dict[str, tuple[str, RunFn]] = {
         "Fashion-MNIST 14×14: IC vs GC (μ = 0.5) vs minibatch OT over seeds (needs root=DIR)",
         images_mu.run_fashion,
     ),
+    "images-ect": (
+        "real images, ECT setting: ECT-IC vs ECT-GC (μ = 0.3) tuned from a diffusion teacher trained first",
+        images_mu.run_ect,
+    ),
 }
 
 
