@@ -77,6 +77,10 @@ def test_mu_verdicts_follow_the_seed_noise() -> None:
     assert verdicts["…and then degrades (its FD rises from its best value more than IC's does)."] == "agrees"
     table = ia.table(s)
     assert len(table) == 2 + len(s) and "(0/3 reached)" in table[[k for k in s].index("OT") + 2]
+    assert all("over 3 seeds" in c.measured for c in ia.mu_claims(s))
+    # A partial study (OT with one seed so far) states the one-seed rule its verdicts then follow.
+    partial = ia.summarise_all({"IC": seeds(ic), "GC μ=0.5": seeds([14.0, 9.0, 8.0, 8.0]), "OT": seeds(ic)[:1]})
+    assert all("one seed" in c.measured for c in ia.mu_claims(partial))
 
 
 def test_ablation_verdicts() -> None:
