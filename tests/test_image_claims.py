@@ -241,3 +241,26 @@ def test_tiny_ect_study_tunes_from_the_trained_teacher(tmp_path: Path) -> None:
     student = init_from_teacher(build_model(cfg, (1, 8, 8), 0), cfg.method.init_from)
     teacher = load_run(teacher_ckpt).model
     assert all(torch.equal(v, teacher.net.state_dict()[k]) for k, v in student.net.state_dict().items())
+
+
+def test_paired_reading_cancels_a_seed_effect_shared_by_the_methods() -> None:
+    """Seeds that are good or bad for every method: unpaired, GC's constant 1.0 advantage drowns in the
+    seed spread; paired by seed it is clear. The verdict keeps the unpaired rule; the text adds the pairs."""
+
+    def method(shift: float) -> list[dict]:
+        out = []
+        for seed, level in enumerate((10.0, 30.0, 50.0)):
+            r = record([v + level + shift + 0.05 * seed for v in (9.0, 8.0, 7.0, 7.0)], name=f"s{seed}")
+            r["spec"]["seed"] = seed
+            out.append(r)
+        return out
+
+    s = ia.summarise_all({"IC": method(0.0), "GC μ=0.5": method(-1.0)})
+    assert s["IC"]["seed_ids"] == [0, 1, 2]
+    mean, margin, n = ia.paired_difference(s["GC μ=0.5"], s["IC"], "final")
+    assert mean == pytest.approx(-1.0) and margin == pytest.approx(0.0, abs=1e-9) and n == 3
+    claim = ia.mu_claims(s)[0]
+    assert claim.verdict == "inconclusive"  # unpaired: a 1.0 difference against a seed spread of 20
+    assert "paired by seed (difference ± 2 SE): GC μ=0.5 − IC -1 ± 0 (lower, 3 seeds)" in claim.measured
+    # Records without seed ids (older caches) or a single common seed: no paired reading.
+    assert ia.paired_difference({"seed_ids": [0]}, {"seed_ids": [0]}, "final") is None

@@ -127,6 +127,7 @@ def summarise(
         summary[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
     summary["reached"] = sum(s <= budget for s in out["steps_to_target"])
     summary["seeds"] = len(records)
+    summary["seed_ids"] = [r.get("spec", {}).get("seed") for r in records]
     return summary
 
 
@@ -156,8 +157,32 @@ def rule(seeds: int) -> str:
     return "one seed: differences under 10% are called inconclusive"
 
 
+def paired_difference(a: dict[str, Any], b: dict[str, Any], key: str) -> tuple[float, float, int] | None:
+    """Mean and twice the standard error of the per-seed differences a − b over the seeds both methods
+    ran, or None with fewer than two. Runs of one seed share their initial weights and batches (the
+    seed decides both), so seed-to-seed swings common to all methods cancel in the difference."""
+    ids_a, ids_b = a.get("seed_ids", []), b.get("seed_ids", [])
+    common = [x for x in ids_a if x is not None and x in ids_b]
+    if len(common) < 2:
+        return None
+    d = [a["per_seed"][key][ids_a.index(x)] - b["per_seed"][key][ids_b.index(x)] for x in common]
+    return float(np.mean(d)), 2.0 * float(np.std(d, ddof=1)) / math.sqrt(len(d)), len(d)
+
+
+def _paired_text(s: dict[str, dict[str, Any]], labels: list[str], ref: str, key: str) -> str:
+    """A supplementary reading: per-seed differences to `ref` (not the verdict's rule, which is unpaired)."""
+    parts = []
+    for k in labels:
+        got = paired_difference(s[k], s[ref], key)
+        if got is not None:
+            mean, margin, n = got
+            side = "lower" if mean < -margin else "higher" if mean > margin else "no difference"
+            parts.append(f"{k} − {ref} {fmt(mean)} ± {fmt(margin)} ({side}, {n} seeds)")
+    return f"; paired by seed (difference ± 2 SE): {', '.join(parts)}" if parts else ""
+
+
 def _vs(s: dict[str, dict[str, Any]], labels: list[str], ref: str, key: str) -> tuple[str, str]:
-    text = ", ".join(f"{k} {pm(s[k], key)}" for k in [*labels, ref])
+    text = ", ".join(f"{k} {pm(s[k], key)}" for k in [*labels, ref]) + _paired_text(s, labels, ref, key)
     verdict = combine([lower_verdict(s[k]["per_seed"][key], s[ref]["per_seed"][key]) for k in labels])
     return text, verdict
 
