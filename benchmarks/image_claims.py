@@ -179,12 +179,16 @@ INTRO = """# The paper's image claims, on CPU-sized real images
 Written by `python benchmarks/image_claims.py` from the cached runs under
 `benchmarks/results/image_claims/` (one JSON per training run; the same command resumes an
 interrupted study and rewrites this page). Every run is the bundled trainer on a preset (`digits-ic`,
-`digits-gc`, `digits-ot`, `fashion14-*`) with one thread; two runs train at once. Metrics of one-step
+`digits-gc`, `digits-ot`, `fashion14-*`; in the ECT study `digits-edm` for the teacher, then
+`digits-ect-ic` and `digits-ect-gc`) with one thread; two runs train at once. Metrics of one-step
 samples at every evaluation: the classifier Fréchet distance (features of a small CNN trained on the
 training split) and the pixel sliced W2, each with the held-out split's value as reference. A verdict
 compares per-seed values: *agrees* / *disagrees* when the difference of the means exceeds twice its
 standard error over the seeds, else *inconclusive* ("no difference at this scale"); *partly* when a
 claim tested at several μ holds at some of them. Final values are the mean of the last two evaluations.
+The measured column also gives a paired reading: the per-seed differences to the reference method,
+mean ± twice their standard error. Runs with the same seed start from the same weights and see the
+same batches, so seed effects shared by all methods cancel there. It is not the verdict's rule.
 
 Running, resuming, reusing:
 
@@ -201,6 +205,8 @@ Running, resuming, reusing:
   ~64 min of two cores at the measured 0.085 CPU s/step); the *budget* study below trains IC for
   10 000 steps to show where its curve flattens. Fashion-MNIST 14×14 costs 0.20 CPU s/step; its
   9-run study trains 4 000 steps (~60 min). The curriculum (N up to s1 = 160) scales with the budget.
+  The ECT study trains one 1 500-step teacher (78 CPU s), then tunes 2 000 steps per run (≈ 80 CPU s
+  per 1 000 steps; 10 min for the 7 runs); its curves are still falling at 2 000 steps (`--ect-steps`).
 """
 
 
