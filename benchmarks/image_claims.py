@@ -238,14 +238,22 @@ def main() -> int:
         return 2
     opts = options(args)
     by_study = plans(opts)
-    command = "python benchmarks/image_claims.py " + " ".join(sys.argv[1:])
+
+    def command(name: str) -> str:
+        """The command that trains (or, cached, re-reads) study `name` alone, as the reports show it."""
+        extra = f" --fashion-root {args.fashion_root}" if name == "fashion" else ""
+        defaults = {"--steps": DIGITS_STEPS, "--fashion-steps": FASHION_STEPS, "--ect-steps": ECT_STEPS}
+        given = {"--steps": args.steps, "--fashion-steps": args.fashion_steps, "--ect-steps": args.ect_steps}
+        extra += "".join(f" {k} {v}" for k, v in given.items() if v != defaults[k])
+        return f"python benchmarks/image_claims.py --studies {name}{extra}"
+
     t0 = time.time()
 
     def refresh(_: str = "") -> None:
         """Rewrite every study's report and the page from the runs cached so far (partial results)."""
         try:
             for name, specs in by_study.items():
-                report(name, opts[name], specs, command)
+                report(name, opts[name], specs, command(name))
             write_page()
         except Exception as exc:  # noqa: BLE001 -- a report must never stop the training queue
             print(f"image_claims: warning: report not written: {exc!r}", flush=True)
