@@ -113,6 +113,12 @@ def _job(label: str, preset: str, overrides: list[str], run_dir: str) -> tuple[s
     return label, run_dir, result
 
 
+def _portable(run_dir: str | Path) -> str:
+    """A run folder as stored in the JSON: relative to the repository when inside it (clones differ in root)."""
+    path = Path(run_dir).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _save(path: Path, results: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
@@ -159,9 +165,9 @@ def _grid(results: dict[str, Any], out: Path) -> None:
 
     from gcflow.plotting import save_image_grid
 
-    rows = [Path(results["teacher"]["run_dir"]) / "grid-heun.pt"]
+    rows = [ROOT / results["teacher"]["run_dir"] / "grid-heun.pt"]  # (an absolute run_dir stays absolute)
     rows += [
-        Path(results["runs"][f"{label}|seed0"]["run_dir"]) / "grid-1-step.pt"
+        ROOT / results["runs"][f"{label}|seed0"]["run_dir"] / "grid-1-step.pt"
         for label in METHODS
         if f"{label}|seed0" in results["runs"]
     ]
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         _, _, res = _job(
             "teacher", "digits-edm", [f"train.steps={args.teacher_steps}", "train.eval_every=0"], str(teacher)
         )
-        results["teacher"] = {"run_dir": str(teacher), **res}
+        results["teacher"] = {"run_dir": _portable(teacher), **res}
         _save(args.json, results)
     seeds = list(range(args.seeds))
     common = [f"train.steps={args.steps}", "train.eval_every=0", "train.checkpoint_every=0", "method.s1=80"]
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         futures = [pool.submit(_job, *job) for job in todo]
         for fut in as_completed(futures):
             key, run_dir, res = fut.result()
-            results["runs"][key] = {"run_dir": run_dir, **res}
+            results["runs"][key] = {"run_dir": _portable(run_dir), **res}
             _save(args.json, results)
             print(
                 f"{key}: 1-step FD {res['1-step']['classifier_fd']:.1f}, "

@@ -74,9 +74,20 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str, overri
 
 def _spawn(tmp_path: Path, overrides: list[str], world: int = 2) -> Path:
     out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path / "run"), str(out), overrides), nprocs=world, join=True)
-    return out
+    for attempt in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        out.mkdir()
+        try:
+            args = (world, _free_port(), str(tmp_path / "run"), str(out), overrides)
+            mp.spawn(_worker, args=args, nprocs=world, join=True)
+            return out
+        except mp.ProcessRaisedException as exc:
+            # The free port can be taken by another test process between _free_port() and the group's
+            # store binding it (pytest -n 2): try a new port, but fail on anything else.
+            if "EADDRINUSE" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-5) -> bool:
