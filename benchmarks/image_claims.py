@@ -149,6 +149,8 @@ def report(name: str, o: images_mu.ImagesOptions, specs: list[RunSpec], command:
         rec = load_cached(s, paths)
         if rec is not None:
             by_label.setdefault(s.label, []).append(rec)
+    # The report's run time: the CPU seconds of the runs it reads (each trained on one thread), teacher included.
+    cpu_seconds = sum(r["cpu_seconds"] for recs in by_label.values() for r in recs)
     by_label.pop(images_mu.TEACHER_LABEL, None)  # the ECT study's shared teacher is not a method
     out = RESULTS / name
     out.mkdir(parents=True, exist_ok=True)
@@ -168,10 +170,20 @@ def report(name: str, o: images_mu.ImagesOptions, specs: list[RunSpec], command:
     if name == "ect":
         rep.notes.append(images_mu.ECT_NOTE)
     rep.notes.append(f"Runs finished per method: {seeds_done} of {len(o.seeds)} seed(s) planned.")
-    write_report(out, f"images-{name}", command, jsonable(as_dict(o)), rep, 0.0)
+    rep.notes.append("Run time: the CPU seconds of the runs read here (one thread each), summed.")
+    write_report(out, f"images-{name}", command, _settings(o), rep, cpu_seconds)
     FIGURES.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "curves.png", FIGURES / f"{name}-curves.png")
     print(f"{name}: report {out / 'report.md'} ({seeds_done})", flush=True)
+
+
+def _settings(o: images_mu.ImagesOptions) -> dict:
+    """The study's options as its report shows them: its folders relative to the repository (clones differ)."""
+    out = jsonable(as_dict(o))
+    for key in ("cache", "work"):
+        path = Path(out[key]).resolve()
+        out[key] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    return out
 
 
 INTRO = """# The paper's image claims, on CPU-sized real images
@@ -195,6 +207,8 @@ Running, resuming, reusing:
 * All studies: `python benchmarks/image_claims.py --fashion-root DIR` (two runs at once, one thread each;
   `--studies mu` for one study, `--report-only` to rewrite the reports from the runs cached so far).
   After an interruption run the same command: cached runs are skipped, a run cut off mid-way restarts.
+  A run's cache key is its preset, overrides and seed, not the data folder (`--fashion-root`; the
+  official `.gz` files are MD5-checked when loaded), so a clone anywhere reuses the committed runs.
 * One study as an experiment: `gcflow experiment images-mu` (and `images-ablations`, `images-ect`, `images-fashion
   root=DIR`), writing `results.json`, `report.md` and `curves.png` into `--out`.
 * Your data and a GPU: any preset family works, e.g. `gcflow experiment images-mu preset=mnist

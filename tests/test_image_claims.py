@@ -105,6 +105,12 @@ def test_run_spec_digest_and_dependencies() -> None:
     assert a.digest() != RunSpec(a.name, a.label, "digits-gc", ("train.steps=5",), 0).digest()
     assert a.digest() != RunSpec(a.name, a.label, "digits-ic", a.overrides, 0).digest()  # the preset's content counts
     assert a.digest() != RunSpec(a.name, a.label, a.preset, a.overrides, 1).digest()
+    # Where the data lie is not what the run is: the same Fashion-MNIST run from two folders shares a digest
+    # (the official files are MD5-checked when loaded); the dataset's name still counts.
+    f = RunSpec("ic-seed0", "IC", "fashion14-ic", ("data.root=/a/fashion",), 0)
+    assert f.digest() == RunSpec(f.name, f.label, f.preset, ("data.root=../b",), 0).digest()
+    assert f.digest() == RunSpec(f.name, f.label, f.preset, (), 0).digest()
+    assert f.digest() != RunSpec(f.name, f.label, f.preset, ("data.name=mnist",), 0).digest()
     paths = StudyPaths(Path("/c"), Path("/w"))
     expected = "method.gc_checkpoint=/w/ic-seed0/checkpoints/ckpt-00000200.safetensors"
     assert image_runs.resolve_overrides(a, paths) == [expected]

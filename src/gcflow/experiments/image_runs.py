@@ -30,6 +30,8 @@ from gcflow.files import atomic_write_text
 # In overrides, `@RUN:STEP` stands for the checkpoint of step STEP of run RUN of the same study.
 CHECKPOINT_REF = "@"
 CURVE_KEYS = ("classifier_fd", "pixel_sliced_w2", "seconds", "loss")
+# Overrides that name where the inputs lie rather than what they are: not part of a run's digest.
+DIGEST_EXCLUDES = frozenset({"data.root"})
 FLOOR_KEYS = ("classifier_fd_noise_floor", "pixel_sliced_w2_noise_floor", "classifier_test_accuracy")
 
 
@@ -65,12 +67,16 @@ class RunSpec:
         return out
 
     def digest(self) -> str:
-        """12 hex digits over everything that decides the run's result (the preset's own overrides included)."""
+        """12 hex digits over everything that decides the run's result (the preset's own overrides included).
+
+        Not the data folder (`data.root`): the dataset is named by `data.name` (its official files are
+        MD5-checked when loaded), so the same study run from another clone or folder reuses the cache.
+        """
         from gcflow.training.presets import PRESETS
 
         what = {
             "preset": list(PRESETS[self.preset].overrides) if self.preset in PRESETS else self.preset,
-            "overrides": list(self.overrides),
+            "overrides": [o for o in self.overrides if o.partition("=")[0] not in DIGEST_EXCLUDES],
             "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
