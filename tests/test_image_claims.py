@@ -47,6 +47,15 @@ def test_curve_numbers() -> None:
     # single low evaluation (9) would push it to the last step (10.5 > 1.1 * 9).
     assert ia.flattening_step(steps, [80.0, 40.0, 12.0, 10.0, 11.0, 9.0, 10.5]) == 500
     assert ia.flattening_step(steps, [80.0, 40.0, 30.0, 20.0, 15.0, 12.0, 10.0]) == 700  # still falling
+    # The reports' note reads the seed-mean curve (a missing evaluation of one seed is skipped, not zero).
+    flat = [
+        {"steps": steps, "classifier_fd": c} for c in ([80.0, 40, 12, 10, 11, 9, 10.5], [80.0, 40, 12, 10, 11, 9, None])
+    ]
+    assert "from step 500 of 700 on." in ia.flattening_note(flat, "IC")
+    falling = [{"steps": steps, "classifier_fd": [80.0, 40, 30, 20, 15, 12, 10]}]
+    assert ia.flattening_note(falling, "IC").endswith(
+        "from step 700 of 700 on: still falling at the end of the budget."
+    )
     assert ia.combine(["agrees", "agrees"]) == "agrees"
     assert ia.combine(["agrees", "inconclusive"]) == "partly"
     assert ia.combine(["inconclusive", "disagrees"]) == "disagrees"

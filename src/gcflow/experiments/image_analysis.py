@@ -50,6 +50,24 @@ def flattening_step(steps: Sequence[int], values: Sequence[float], tol: float = 
     return int(steps[-1])
 
 
+def flattening_note(records: list[dict[str, Any]], label: str, tol: float = 0.1) -> str:
+    """Where the seed-mean classifier FD curve of `label`'s runs flattens within the study's own budget.
+
+    Args:
+        records: the label's per-seed run records (same evaluation steps; `classifier_fd` may hold None).
+        label: its name in the sentence, e.g. "IC".
+    """
+    steps = records[0]["steps"]
+    curves = np.array([[np.nan if v is None else v for v in r["classifier_fd"]] for r in records], dtype=float)
+    mean = np.nanmean(curves, axis=0).tolist()
+    at = flattening_step(steps, mean, tol)
+    text = (
+        f"{label}'s seed-mean classifier FD, smoothed over three evaluations, stays within {tol:.0%} of its best "
+        f"({fmt(min(smooth(mean)))}) from step {at} of {steps[-1]} on"
+    )
+    return text + (": still falling at the end of the budget." if at == steps[-1] else ".")
+
+
 def budget_claims(records: list[dict[str, Any]], tol: float = 0.1) -> list[Claim]:
     """Where one long IC run's FD curve flattens (a measurement, not a claim of the paper)."""
     out = []
