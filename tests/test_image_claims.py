@@ -120,6 +120,9 @@ def test_run_spec_digest_and_dependencies() -> None:
     assert f.digest() == RunSpec(f.name, f.label, f.preset, ("data.root=../b",), 0).digest()
     assert f.digest() == RunSpec(f.name, f.label, f.preset, (), 0).digest()
     assert f.digest() != RunSpec(f.name, f.label, f.preset, ("data.name=mnist",), 0).digest()
+    # ... but for a dataset without a name (an image folder, an .npz file) the folder is the data.
+    own = RunSpec("ic-seed0", "IC", "fashion14-ic", ("data.name=folder", "data.root=/a"), 0)
+    assert own.digest() != RunSpec(own.name, own.label, own.preset, ("data.name=folder", "data.root=/b"), 0).digest()
     paths = StudyPaths(Path("/c"), Path("/w"))
     expected = "method.gc_checkpoint=/w/ic-seed0/checkpoints/ckpt-00000200.safetensors"
     assert image_runs.resolve_overrides(a, paths) == [expected]

@@ -30,8 +30,10 @@ from gcflow.files import atomic_write_text
 # In overrides, `@RUN:STEP` stands for the checkpoint of step STEP of run RUN of the same study.
 CHECKPOINT_REF = "@"
 CURVE_KEYS = ("classifier_fd", "pixel_sliced_w2", "seconds", "loss")
-# Overrides that name where the inputs lie rather than what they are: not part of a run's digest.
-DIGEST_EXCLUDES = frozenset({"data.root"})
+# Datasets known by name: their loaders check the official files (MD5s), so the folder they lie in
+# (data.root) does not change a run and is left out of its digest. For any other dataset (folder,
+# npz, ...) the folder *is* the data and stays in.
+NAMED_DATASETS = frozenset({"digits", "mnist", "fashion-mnist", "cifar10"})
 FLOOR_KEYS = ("classifier_fd_noise_floor", "pixel_sliced_w2_noise_floor", "classifier_test_accuracy")
 
 
@@ -69,14 +71,19 @@ class RunSpec:
     def digest(self) -> str:
         """12 hex digits over everything that decides the run's result (the preset's own overrides included).
 
-        Not the data folder (`data.root`): the dataset is named by `data.name` (its official files are
-        MD5-checked when loaded), so the same study run from another clone or folder reuses the cache.
+        Not the data folder (`data.root`) of a dataset in NAMED_DATASETS: the name says what the data
+        are (the official files are MD5-checked when loaded), so the same study run from another clone or
+        folder reuses the cache.
         """
         from gcflow.training.presets import PRESETS
 
+        known = self.preset in PRESETS
+        preset = list(PRESETS[self.preset].overrides) if known else []
+        names = [v for k, _, v in (o.partition("=") for o in (*preset, *self.overrides)) if k == "data.name"]
+        named = bool(names) and names[-1] in NAMED_DATASETS
         what = {
-            "preset": list(PRESETS[self.preset].overrides) if self.preset in PRESETS else self.preset,
-            "overrides": [o for o in self.overrides if o.partition("=")[0] not in DIGEST_EXCLUDES],
+            "preset": preset if known else self.preset,
+            "overrides": [o for o in self.overrides if not (named and o.partition("=")[0] == "data.root")],
             "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
