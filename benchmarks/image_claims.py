@@ -253,6 +253,17 @@ def main() -> int:
     if "fashion" in args.studies and not args.fashion_root:
         print("image_claims: error: the fashion study needs --fashion-root DIR (Fashion-MNIST's idx files)")
         return 2
+    if "fashion" in args.studies and not args.report_only:
+        # Before any run: the fashion study trains after the digits ones, an hour later.
+        from gcflow.data.common import DatasetError
+        from gcflow.data.images import load_image_dataset
+
+        try:
+            for split in ("train", "test"):
+                load_image_dataset("fashion-mnist", args.fashion_root, split)
+        except DatasetError as exc:
+            print(f"image_claims: error: {str(exc).replace('data.root=DIR', '--fashion-root DIR')}")
+            return 2
     opts = options(args)
     by_study = plans(opts)
 
