@@ -287,21 +287,20 @@ def main() -> int:
             print(f"image_claims: warning: report not written: {exc!r}", flush=True)
 
     if not args.report_only:
+        from gcflow.training.run_dir import RunDirError
+
         digits = [s for k, v in by_study.items() if k != "fashion" for s in v]
-        if digits:
-            execute(
-                queue(digits),
-                images_mu._paths(next(o for k, o in opts.items() if k != "fashion"), RESULTS),
-                workers=args.workers,
-                on_record=refresh,
-            )
-        if "fashion" in by_study:
-            execute(
-                queue(by_study["fashion"]),
-                images_mu._paths(opts["fashion"], RESULTS),
-                workers=args.workers,
-                on_record=refresh,
-            )
+        queues = [(digits, next((o for k, o in opts.items() if k != "fashion"), None))]
+        queues += [(by_study["fashion"], opts["fashion"])] if "fashion" in by_study else []
+        for specs, o in queues:
+            if not specs or o is None:
+                continue
+            try:
+                execute(queue(specs), images_mu._paths(o, RESULTS), workers=args.workers, on_record=refresh)
+            except RunDirError as exc:  # e.g. a folder in a run's place that is not a gcflow run: never deleted
+                refresh()
+                print(f"image_claims: error: {exc}", flush=True)
+                return 2
     refresh()
     print(json.dumps({"seconds": round(time.time() - t0)}), flush=True)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from gcflow.experiments import image_analysis as ia
 from gcflow.experiments import image_runs, images_mu
 from gcflow.experiments.image_runs import RunSpec, StudyPaths, execute, pending_specs
+from gcflow.training.run_dir import RunDirError
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -206,6 +208,17 @@ def test_tiny_real_study_end_to_end(tmp_path: Path) -> None:
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
     again = images_mu.run(o, tmp_path)
     assert again.results["runs"] == runs and {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    # A run cut off mid-way (its folder holds a run, no record) trains again from the start...
+    next(p for p in (tmp_path / "cache").iterdir() if p.name.startswith("ic-seed1-")).unlink()
+    assert images_mu.run(o, tmp_path).results["runs"]["ic-seed1"]["classifier_fd"] == runs["ic-seed1"]["classifier_fd"]
+    # ... but a folder in a run's place that is not a gcflow run is never deleted: one-line error.
+    next(p for p in (tmp_path / "cache").iterdir() if p.name.startswith("gc0.5-seed1-")).unlink()
+    shutil.rmtree(tmp_path / "runs" / "gc0.5-seed1")
+    (tmp_path / "runs" / "gc0.5-seed1").mkdir()
+    (tmp_path / "runs" / "gc0.5-seed1" / "thesis.tex").write_text("keep me")
+    with pytest.raises(RunDirError, match="gc0.5-seed1"):
+        images_mu.run(o, tmp_path)
+    assert (tmp_path / "runs" / "gc0.5-seed1" / "thesis.tex").read_text() == "keep me"
 
 
 def test_fashion14_presets_and_classifier_preset() -> None:

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import multiprocessing
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -140,10 +139,10 @@ def train_one(spec: RunSpec, paths: StudyPaths) -> dict[str, Any]:
 
     cfg = apply_overrides(load_preset(spec.preset), [*resolve_overrides(spec, paths), f"train.seed={spec.seed}"])
     run_dir = paths.run_dir(spec)
-    if run_dir.exists():  # a run cut off mid-way: retrain it from the start (its CPU time is part of the record)
-        shutil.rmtree(run_dir)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = train(cfg, run_dir, progress=False, log=lambda *a, **k: None)
+    # A run cut off mid-way retrains from the start (its CPU time is part of the record). The trainer's
+    # overwrite deletes only a gcflow run that no other process holds, never a folder with other files.
+    result = train(cfg, run_dir, overwrite=True, progress=False, log=lambda *a, **k: None)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     for ckpt in list_checkpoints(run_dir / "checkpoints"):  # keep only what later runs load
         if int(ckpt.stem.split("-")[1]) not in spec.keep_steps:
