@@ -86,15 +86,18 @@ def _common(o: ImagesOptions) -> tuple[str, ...]:
     """Overrides shared by every run of a study: data, budget, evaluation, threads, a checkpoint per evaluation."""
     if o.steps % o.eval_every:
         raise ValueError(f"steps={o.steps} must be a multiple of eval_every={o.eval_every}")
-    out = [
+    budget = (
         f"train.steps={o.steps}",
         f"train.eval_every={o.eval_every}",
         f"train.checkpoint_every={o.eval_every}",
         f"train.keep_checkpoints={o.steps // o.eval_every + 2}",
-        f"train.eval_samples={o.eval_samples}",
-        f"train.device={o.device}",
-        f"train.threads={max(o.threads, 1)}",
-    ]
+    )
+    return (*budget, *_setting(o))
+
+
+def _setting(o: ImagesOptions) -> tuple[str, ...]:
+    """The overrides of `_common` other than the budget: evaluation size, device, threads, data, extras."""
+    out = [f"train.eval_samples={o.eval_samples}", f"train.device={o.device}", f"train.threads={max(o.threads, 1)}"]
     out += [f"data.name={o.data}"] * bool(o.data) + [f"data.root={o.root}"] * bool(o.root)
     out += [f"data.resolution={o.resolution}"] * bool(o.resolution)
     return (*out, *o.extra)
@@ -179,19 +182,14 @@ def plan_ect(o: EctOptions) -> list[RunSpec]:
     specs, source = [], o.teacher
     if not source:
         t = o.teacher_steps
-        teacher_overrides = (
+        # One evaluation and one checkpoint, at its end (the one the tuned runs load).
+        budget = (
             f"train.steps={t}",
             f"train.eval_every={t}",
             f"train.checkpoint_every={t}",
             "train.keep_checkpoints=2",
-            *(
-                x
-                for x in _common(o)
-                if not x.startswith(
-                    ("train.steps=", "train.eval_every=", "train.checkpoint_every=", "train.keep_checkpoints=")
-                )
-            ),
         )
+        teacher_overrides = (*budget, *_setting(o))
         specs.append(RunSpec("teacher", TEACHER_LABEL, o.teacher_preset, teacher_overrides, 0, keep_steps=(t,)))
         source = f"@teacher:{t}"
     more = (f"method.init_from={source}",)
