@@ -210,6 +210,9 @@ Running, resuming, reusing:
   After an interruption run the same command: cached runs are skipped, a run cut off mid-way restarts.
   A run's cache key is its preset, overrides and seed, not the data folder (`--fashion-root`; the
   official `.gz` files are MD5-checked when loaded), so a clone anywhere reuses the committed runs.
+  A run that loads another's checkpoint (the ECT teacher, a frozen IC predictor) records that run's
+  digest and trains again when that run's settings change; it loads only from a run folder marked
+  with that digest (`study-digest.txt`), never from one that another version of the run left.
 * One study as an experiment: `gcflow experiment images-mu` (and `images-ablations`, `images-ect`, `images-fashion
   root=DIR`), writing `results.json`, `report.md` and `curves.png` into `--out`.
 * Your data and a GPU: any preset family works, e.g. `gcflow experiment images-mu preset=mnist

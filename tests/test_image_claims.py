@@ -173,6 +173,23 @@ def test_interrupted_study_resumes_from_its_cached_runs(tmp_path: Path, monkeypa
     records = execute(specs, paths, workers=1)
     assert calls == ["gc0.5-online-seed0", "gc0.5-dropout0.1-seed0", "gc1-frozen100-seed0", "gc1-frozen400-seed0"]
     assert set(records) == {s.name for s in specs}
+    # The frozen runs recorded which IC run they loaded; the IC folder is marked with its spec's digest.
+    frozen_json = paths.json_path(specs[5])
+    frozen = json.loads(frozen_json.read_text())
+    assert frozen["needs"] == {"ic-seed0": specs[0].digest()} and paths.holds(specs[0])
+    frozen_json.unlink()
+    assert [s.name for s in pending_specs(specs, paths)] == ["gc1-frozen400-seed0"]
+    # A folder that another spec of the same name trained last (e.g. a different IC, since replaced) is not
+    # loaded from: the IC run trains again before the frozen run that needs it.
+    mark = tmp_path / "work" / "ic-seed0" / image_runs.MARK
+    mark.write_text("0123456789ab\n")
+    assert [s.name for s in pending_specs(specs, paths)] == ["ic-seed0", "gc1-frozen400-seed0"]
+    mark.write_text(specs[0].digest() + "\n")
+    # A cached run trained from another version of the run it loads is stale and trains again.
+    frozen_json.write_text(json.dumps({**frozen, "needs": {"ic-seed0": "0123456789ab"}}))
+    assert [s.name for s in pending_specs(specs, paths)] == ["gc1-frozen400-seed0"]
+    frozen_json.write_text(json.dumps(frozen))
+    assert pending_specs(specs, paths) == []
     # A fresh clone has the JSON but not the run folders: only the IC run whose checkpoints the frozen
     # runs load is retrained, and only if a frozen run is still to train.
     (tmp_path / "work" / "ic-seed0" / "checkpoints" / "ckpt-00000100.safetensors").unlink()

@@ -28,6 +28,9 @@ from gcflow.files import atomic_write_text
 
 # In overrides, `@RUN:STEP` stands for the checkpoint of step STEP of run RUN of the same study.
 CHECKPOINT_REF = "@"
+# In a finished run's folder: the digest of the spec that trained it. A checkpoint is loaded by another run
+# only from a folder marked with its spec's current digest (not one a changed spec of that name left).
+MARK = "study-digest.txt"
 CURVE_KEYS = ("classifier_fd", "pixel_sliced_w2", "seconds", "loss")
 # Datasets known by name: their loaders check the official files (MD5s), so the folder they lie in
 # (data.root) does not change a run and is left out of its digest. For any other dataset (folder,
@@ -101,6 +104,11 @@ class StudyPaths:
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.work / spec.name
+
+    def holds(self, spec: RunSpec) -> bool:
+        """Whether the run folder of `spec` holds a finished run of this very spec (see MARK)."""
+        mark = self.run_dir(spec) / MARK
+        return mark.is_file() and mark.read_text().strip() == spec.digest()
 
     def checkpoint(self, run: str, step: int) -> Path:
         return self.work.resolve() / run / "checkpoints" / f"ckpt-{step:08d}.safetensors"
@@ -201,25 +209,51 @@ def _worker(spec: RunSpec, cache: str, work: str) -> dict[str, Any]:
     return train_one(spec, StudyPaths(Path(cache), Path(work)))
 
 
-def _ready(spec: RunSpec, done: set[str], paths: StudyPaths) -> bool:
-    return all(run in done and paths.checkpoint(run, step).is_file() for run, step in spec.needs())
+def _has_checkpoint(dep: RunSpec, step: int, paths: StudyPaths) -> bool:
+    return paths.checkpoint(dep.name, step).is_file() and paths.holds(dep)
+
+
+def _ready(spec: RunSpec, done: set[str], paths: StudyPaths, by_name: dict[str, RunSpec]) -> bool:
+    return all(run in done and _has_checkpoint(by_name[run], step, paths) for run, step in spec.needs())
+
+
+def _needs(spec: RunSpec, by_name: dict[str, RunSpec]) -> dict[str, str]:
+    """The digest of every run whose checkpoint `spec` loads, by run name."""
+    return {run: by_name[run].digest() for run, _ in spec.needs()}
+
+
+def _is_current(spec: RunSpec, record: dict[str, Any] | None, by_name: dict[str, RunSpec]) -> bool:
+    """A cached record counts unless it was trained from a run whose spec has changed since.
+    (Records written before dependencies were recorded hold no "needs" and count.)"""
+    return record is not None and record.get("needs", _needs(spec, by_name)) == _needs(spec, by_name)
 
 
 def pending_specs(specs: list[RunSpec], paths: StudyPaths) -> list[RunSpec]:
-    """Specs that still have to train: no cached record, or a cached record whose checkpoints a
-    pending run needs but whose run folder is gone (e.g. a fresh clone with the committed JSON)."""
-    todo = [s for s in specs if load_cached(s, paths) is None]
+    """Specs that still have to train: no cached record, a record trained from a run whose spec has
+    changed, or a cached record whose checkpoints a pending run needs but whose run folder is gone or
+    holds another spec's run (e.g. a fresh clone with the committed JSON)."""
     by_name = {s.name: s for s in specs}
+    todo = [s for s in specs if not _is_current(s, load_cached(s, paths), by_name)]
     changed = True
     while changed:
         changed = False
         for s in list(todo):
             for run, step in s.needs():
                 dep = by_name[run]
-                if dep not in todo and not paths.checkpoint(run, step).is_file():
+                if dep not in todo and not _has_checkpoint(dep, step, paths):
                     todo.append(dep)
                     changed = True
     return [s for s in specs if s in todo]
+
+
+def _finished(spec: RunSpec, record: dict[str, Any], paths: StudyPaths, by_name: dict[str, RunSpec]) -> dict[str, Any]:
+    """Mark the run folder of a finished run and record which runs' checkpoints it loaded."""
+    if spec.needs() and record.get("needs") != _needs(spec, by_name):
+        record = {**record, "needs": _needs(spec, by_name)}
+        atomic_write_text(paths.json_path(spec), json.dumps(record, indent=1, allow_nan=False) + "\n")
+    paths.run_dir(spec).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.run_dir(spec) / MARK, spec.digest() + "\n")
+    return _announce(paths, spec, record)
 
 
 def execute(
@@ -234,6 +268,7 @@ def execute(
     if len(set(names)) != len(names):
         raise ValueError("run names of a study must be unique")
     todo = pending_specs(specs, paths)
+    by_name = {s.name: s for s in specs}
     records = {s.name: load_cached(s, paths) for s in specs if s not in todo}
     done = set(records)
     paths.log(f"{len(done)} run(s) cached, {len(todo)} to train")
@@ -241,9 +276,9 @@ def execute(
         warm_up(todo[0], paths)
     if workers <= 1:
         while todo:
-            spec = next((s for s in todo if _ready(s, done, paths)), todo[0])
+            spec = next((s for s in todo if _ready(s, done, paths, by_name)), todo[0])
             todo.remove(spec)
-            records[spec.name] = _announce(paths, spec, train_one(spec, paths))
+            records[spec.name] = _finished(spec, train_one(spec, paths), paths, by_name)
             done.add(spec.name)
             if on_record is not None:
                 on_record(spec.name)
@@ -252,7 +287,7 @@ def execute(
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         running: dict[cf.Future, RunSpec] = {}
         while todo or running:
-            for spec in [s for s in todo if _ready(s, done, paths)][: workers - len(running)]:
+            for spec in [s for s in todo if _ready(s, done, paths, by_name)][: workers - len(running)]:
                 todo.remove(spec)
                 running[pool.submit(_worker, spec, str(paths.cache), str(paths.work))] = spec
                 paths.log(f"started {spec.name}")
@@ -261,7 +296,7 @@ def execute(
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 spec = running.pop(fut)
-                records[spec.name] = _announce(paths, spec, fut.result())
+                records[spec.name] = _finished(spec, fut.result(), paths, by_name)
                 done.add(spec.name)
                 if on_record is not None:
                     on_record(spec.name)
