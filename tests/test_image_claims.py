@@ -238,6 +238,28 @@ def test_tiny_real_study_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "gc0.5-seed1" / "thesis.tex").read_text() == "keep me"
 
 
+def test_a_failed_run_stops_the_queue_after_the_runs_in_progress_are_cached(tmp_path: Path) -> None:
+    """Two worker processes: one run fails at once, the other is still training. The failure is raised
+    only after that run finished and was cached and marked; the run queued behind them never starts."""
+    from gcflow.training.config import ConfigError
+
+    tiny = (
+        "train.steps=4",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        "train.eval_samples=32",
+        "train.threads=1",
+    )
+    good = RunSpec("ic-seed0", "IC", "digits-ic", tiny, 0)
+    bad = RunSpec("gc-bad-seed0", "GC", "digits-gc", (*tiny, "method.gc_mu=2"), 0)
+    later = RunSpec("ic-seed1", "IC", "digits-ic", tiny, 1)
+    paths = StudyPaths(tmp_path / "cache", tmp_path / "work")
+    with pytest.raises(ConfigError, match="gc_mu"):
+        execute([good, bad, later], paths, workers=2)
+    assert image_runs.load_cached(good, paths) is not None and paths.holds(good)
+    assert image_runs.load_cached(bad, paths) is None and not paths.run_dir(later).exists()
+
+
 def test_fashion14_presets_and_classifier_preset() -> None:
     from gcflow.metrics.classifier import PRESETS, preset_name
     from gcflow.training.presets import load_preset

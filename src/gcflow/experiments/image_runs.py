@@ -294,12 +294,32 @@ def execute(
             if not running:
                 raise RuntimeError(f"runs {[s.name for s in todo]} wait on checkpoints that no run will write")
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            failed: BaseException | None = None
             for fut in finished:
                 spec = running.pop(fut)
-                records[spec.name] = _finished(spec, fut.result(), paths, by_name)
+                try:
+                    record = fut.result()
+                except Exception as exc:  # noqa: BLE001 -- re-raised below, once the other runs are safe
+                    paths.log(f"{spec.name} failed: {exc}")
+                    failed = failed or exc
+                    continue
+                records[spec.name] = _finished(spec, record, paths, by_name)
                 done.add(spec.name)
                 if on_record is not None:
                     on_record(spec.name)
+            if failed is not None:
+                # Start nothing more; the runs in progress finish and are cached (and marked) as usual.
+                if running:
+                    paths.log(f"waiting for {', '.join(s.name for s in running.values())} to finish")
+                for fut in cf.as_completed(list(running)):
+                    spec = running.pop(fut)
+                    if fut.exception() is None:
+                        records[spec.name] = _finished(spec, fut.result(), paths, by_name)
+                        if on_record is not None:
+                            on_record(spec.name)
+                    else:
+                        paths.log(f"{spec.name} failed: {fut.exception()}")
+                raise failed
     return records
 
 
