@@ -8,7 +8,8 @@ Studies (each is also `gcflow experiment NAME key=value ...`):
 * mu: `images-mu` on digits (IC, GC μ = 0.3, 0.5, 0.7, 1, OT; seeds 0, 1, 2);
 * ablations: `images-ablations` on digits (EMA vs online predictor, frozen IC predictors, dropout);
 * fashion: `images-fashion`, Fashion-MNIST at 14×14 (IC, GC μ = 0.5, OT; seeds 0, 1, 2);
-* ect: `images-ect` on digits, the ECT setting: one digits-edm teacher, then ECT-IC and ECT-GC (μ = 0.3).
+* ect: `images-ect` on digits, the ECT setting: one digits-edm teacher, then ECT-IC and ECT-GC (μ = 0.3);
+  seeds 0-5 (a seed costs ~9 min of two cores; the one setting where the methods' curves separate).
 
 Every finished run is cached as JSON under benchmarks/results/image_claims/<data>/ (commit these);
 run folders go to runs/image_claims/ (scratch). Run the same command again after an interruption:
@@ -47,6 +48,7 @@ FASHION_STEPS = 4000
 # ECT setting: a 1500-step digits-edm teacher, tuned 6000 steps (4 stages of 1500): ECT-IC's mean curve is
 # within 10 % of its best from step 5200. At 2000 steps (--ect-steps 2000) both curves were still falling.
 ECT_STEPS, TEACHER_STEPS = 6000, 1500
+SEEDS, ECT_SEEDS = [0, 1, 2], [0, 1, 2, 3, 4, 5]
 
 
 def parse() -> argparse.Namespace:
@@ -64,7 +66,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--ect-steps", type=int, default=ECT_STEPS, help="tuning budget of the ECT study")
     p.add_argument("--teacher-steps", type=int, default=TEACHER_STEPS, help="diffusion teacher of the ECT study")
     p.add_argument("--fashion-root", default="", help="folder with Fashion-MNIST's idx files")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="seeds of the mu, ablations and fashion studies")
+    p.add_argument("--ect-seeds", type=int, nargs="+", default=ECT_SEEDS, help="seeds of the ECT study")
     p.add_argument("--report-only", action="store_true", help="write the reports from the cached runs; train nothing")
     p.add_argument(
         "--out",
@@ -109,7 +112,10 @@ def options(args: argparse.Namespace) -> dict[str, images_mu.ImagesOptions]:
         ),
     }
     out["ect"] = images_mu.EctOptions(
-        **digits, steps=args.ect_steps, eval_every=min(200, args.ect_steps), teacher_steps=args.teacher_steps
+        **{**digits, "seeds": tuple(args.ect_seeds)},
+        steps=args.ect_steps,
+        eval_every=min(200, args.ect_steps),
+        teacher_steps=args.teacher_steps,
     )
     out["budget"].seeds = (0,)
     return {k: v for k, v in out.items() if k in args.studies}
@@ -224,9 +230,9 @@ Running, resuming, reusing:
   10 000 steps to show where its curve flattens. Fashion-MNIST 14×14 costs 0.20 CPU s/step; its
   9-run study trains 4 000 steps (~60 min). The curriculum (N up to s1 = 160) scales with the budget.
   Within their own budgets the IC curves flatten before the end (each report says from which step).
-  The ECT study trains one 1 500-step teacher (78 CPU s), then tunes
-  6 000 steps per run (≈ 80 CPU s per 1 000 steps; 26 min for the 7 runs on two cores); at 2 000
-  steps (`--ect-steps 2000`, 10 min) its curves were still falling.
+  The ECT study trains one 1 500-step teacher (78 CPU s), then tunes 6 000 steps per run, seeds 0–5
+  (≈ 80 CPU s per 1 000 steps; 52 min for the 13 runs on two cores, ~9 min per seed). At 2 000 steps
+  (`--ect-steps 2000 --ect-seeds 0 1 2`, 10 min) its curves were still falling.
 """
 
 
@@ -276,6 +282,9 @@ def main() -> int:
         defaults = {"--steps": DIGITS_STEPS, "--fashion-steps": FASHION_STEPS, "--ect-steps": ECT_STEPS}
         given = {"--steps": args.steps, "--fashion-steps": args.fashion_steps, "--ect-steps": args.ect_steps}
         extra += "".join(f" {k} {v}" for k, v in given.items() if v != defaults[k])
+        seeds = ("--ect-seeds", args.ect_seeds, ECT_SEEDS) if name == "ect" else ("--seeds", args.seeds, SEEDS)
+        if name != "budget" and seeds[1] != seeds[2]:
+            extra += f" {seeds[0]} {' '.join(map(str, seeds[1]))}"
         return f"python benchmarks/image_claims.py --studies {name}{extra}"
 
     t0 = time.time()

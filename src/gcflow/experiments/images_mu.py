@@ -74,6 +74,7 @@ class EctOptions(ImagesOptions):
     teacher_steps: int = opt(1500, "training steps of that teacher")
     teacher: str = opt("", "an existing teacher instead (gcflow run folder, checkpoint or 'gcflow import-edm' file)")
     steps: int = opt(6000, "tuning steps of every run (on digits ECT-IC flattens from ~5 200; at 2 000 still falling)")
+    seeds: tuple[int, ...] = opt((0, 1, 2, 3, 4, 5), "training seeds of every method (a seed is ~9 min of two cores)")
     eval_every: int = opt(200, "evaluate every this many steps")
     mus: tuple[float, ...] = opt((0.0, 0.3), "GC μ values (0 is ECT-IC; the paper reports μ = 0.3 in this setting)")
     ot: bool = opt(False, "also train minibatch OT (no -ot preset in the ECT families)")
