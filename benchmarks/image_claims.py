@@ -220,7 +220,7 @@ Running, resuming, reusing:
   digest and trains again when that run's settings change; it loads only from a run folder marked
   with that digest (`study-digest.txt`), never from one that another version of the run left.
 * One study as an experiment: `gcflow experiment images-mu` (and `images-ablations`, `images-ect`, `images-fashion
-  root=DIR`), writing `results.json`, `report.md` and `curves.png` into `--out`.
+  root=DIR`; same budgets and seeds as here), writing `results.json`, `report.md` and `curves.png` into `--out`.
 * Your data and a GPU: any preset family works, e.g. `gcflow experiment images-mu preset=mnist
   root=DIR device=cuda steps=20000 eval_every=1000 workers=1` (the family needs `-ic`, `-gc`, `-ot`
   presets; `data=`, `resolution=` and `extra=group.field=value,...` override them).
