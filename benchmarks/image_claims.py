@@ -35,6 +35,7 @@ from gcflow.experiments import image_analysis, images_mu  # noqa: E402
 from gcflow.experiments.image_runs import RunSpec, StudyPaths, execute, load_cached  # noqa: E402
 from gcflow.experiments.options import as_dict  # noqa: E402
 from gcflow.experiments.report import ExperimentReport, claims_table, jsonable, write_report  # noqa: E402
+from gcflow.paths import portable_path  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "image_claims"
 FIGURES = ROOT / "docs" / "figures" / "image_claims"
@@ -187,9 +188,7 @@ def report(name: str, o: images_mu.ImagesOptions, specs: list[RunSpec], command:
 def _settings(o: images_mu.ImagesOptions) -> dict:
     """The study's options as its report shows them: its folders relative to the repository (clones differ)."""
     out = jsonable(as_dict(o))
-    for key in ("cache", "work"):
-        path = Path(out[key]).resolve()
-        out[key] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    out.update({key: portable_path(out[key], ROOT) for key in ("cache", "work")})
     return out
 
 

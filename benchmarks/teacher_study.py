@@ -113,12 +113,6 @@ def _job(label: str, preset: str, overrides: list[str], run_dir: str) -> tuple[s
     return label, run_dir, result
 
 
-def _portable(run_dir: str | Path) -> str:
-    """A run folder as stored in the JSON: relative to the repository when inside it (clones differ in root)."""
-    path = Path(run_dir).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def _save(path: Path, results: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
@@ -208,6 +202,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gcflow.paths import portable_path
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=400, help="tuning steps of every consistency run")
     p.add_argument("--teacher-steps", type=int, default=2000, help="diffusion pretraining steps")
@@ -231,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         _, _, res = _job(
             "teacher", "digits-edm", [f"train.steps={args.teacher_steps}", "train.eval_every=0"], str(teacher)
         )
-        results["teacher"] = {"run_dir": _portable(teacher), **res}
+        results["teacher"] = {"run_dir": portable_path(teacher, ROOT), **res}
         _save(args.json, results)
     seeds = list(range(args.seeds))
     common = [f"train.steps={args.steps}", "train.eval_every=0", "train.checkpoint_every=0", "method.s1=80"]
@@ -249,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         futures = [pool.submit(_job, *job) for job in todo]
         for fut in as_completed(futures):
             key, run_dir, res = fut.result()
-            results["runs"][key] = {"run_dir": _portable(run_dir), **res}
+            results["runs"][key] = {"run_dir": portable_path(run_dir, ROOT), **res}
             _save(args.json, results)
             print(
                 f"{key}: 1-step FD {res['1-step']['classifier_fd']:.1f}, "

@@ -225,7 +225,8 @@ def _needs(spec: RunSpec, by_name: dict[str, RunSpec]) -> dict[str, str]:
 def _is_current(spec: RunSpec, record: dict[str, Any] | None, by_name: dict[str, RunSpec]) -> bool:
     """A cached record counts unless it was trained from a run whose spec has changed since.
     (Records written before dependencies were recorded hold no "needs" and count.)"""
-    return record is not None and record.get("needs", _needs(spec, by_name)) == _needs(spec, by_name)
+    needs = _needs(spec, by_name)
+    return record is not None and record.get("needs", needs) == needs
 
 
 def pending_specs(specs: list[RunSpec], paths: StudyPaths) -> list[RunSpec]:
@@ -286,40 +287,30 @@ def execute(
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         running: dict[cf.Future, RunSpec] = {}
-        while todo or running:
-            for spec in [s for s in todo if _ready(s, done, paths, by_name)][: workers - len(running)]:
+        failed: Exception | None = None  # after a failure start nothing more; the runs in progress finish
+        while (todo and failed is None) or running:
+            ready = [s for s in todo if _ready(s, done, paths, by_name)] if failed is None else []
+            for spec in ready[: workers - len(running)]:
                 todo.remove(spec)
                 running[pool.submit(_worker, spec, str(paths.cache), str(paths.work))] = spec
                 paths.log(f"started {spec.name}")
             if not running:
                 raise RuntimeError(f"runs {[s.name for s in todo]} wait on checkpoints that no run will write")
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            failed: BaseException | None = None
             for fut in finished:
                 spec = running.pop(fut)
                 try:
                     record = fut.result()
                 except Exception as exc:  # noqa: BLE001 -- re-raised below, once the other runs are safe
-                    paths.log(f"{spec.name} failed: {exc}")
+                    paths.log(f"{spec.name} failed: {exc}" + ("; waiting for the runs in progress" * bool(running)))
                     failed = failed or exc
                     continue
                 records[spec.name] = _finished(spec, record, paths, by_name)
                 done.add(spec.name)
                 if on_record is not None:
                     on_record(spec.name)
-            if failed is not None:
-                # Start nothing more; the runs in progress finish and are cached (and marked) as usual.
-                if running:
-                    paths.log(f"waiting for {', '.join(s.name for s in running.values())} to finish")
-                for fut in cf.as_completed(list(running)):
-                    spec = running.pop(fut)
-                    if fut.exception() is None:
-                        records[spec.name] = _finished(spec, fut.result(), paths, by_name)
-                        if on_record is not None:
-                            on_record(spec.name)
-                    else:
-                        paths.log(f"{spec.name} failed: {fut.exception()}")
-                raise failed
+    if failed is not None:
+        raise failed
     return records
 
 
