@@ -36,6 +36,7 @@ from gcflow.experiments.image_runs import RunSpec, StudyPaths, execute, load_cac
 from gcflow.experiments.options import as_dict  # noqa: E402
 from gcflow.experiments.report import ExperimentReport, claims_table, jsonable, write_report  # noqa: E402
 from gcflow.paths import portable_path  # noqa: E402
+from gcflow.training.run_dir import out_path  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "image_claims"
 FIGURES = ROOT / "docs" / "figures" / "image_claims"
@@ -72,7 +73,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="write the reports from the cached runs; train nothing")
     p.add_argument(
         "--out",
-        type=Path,
+        type=out_path,
         default=None,
         help="put results, run folders, figures and the page under this folder instead (trials)",
     )
